@@ -1,0 +1,258 @@
+"""Scaled dot-product attention and multi-head attention (self and cross).
+
+The whole of attention is one formula (Vaswani et al., 2017):
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d) + bias + mask) V
+
+computed independently for every head. Shapes used throughout this file:
+
+    query: [batch, q_len, heads, head_dim]      (the positions that ask)
+    key:   [batch, kv_len, heads, head_dim]     (the positions that are looked at)
+    value: [batch, kv_len, heads, head_dim]     (what is read out of them)
+    mask:  bool, broadcastable to [batch, heads, q_len, kv_len]; True = may attend
+    bias:  float, broadcastable to [batch, heads, q_len, kv_len]; added to the logits
+
+Self-attention is the case where query, key and value come from one sequence; cross-attention
+(text tokens reading image tokens, a decoder reading an encoder) takes query from one sequence and
+key/value from another, so q_len and kv_len may differ.
+
+Numerics, and why:
+- The logits and the softmax are computed in float32 even when the model runs in bfloat16: the
+  exponentials of a bfloat16 softmax lose most of their precision for long rows.
+- Masked logits are set to the most negative finite float32 rather than -inf: -inf - (-inf) in the
+  max-subtraction of softmax would give NaN.
+- A row whose every key is masked (a padding query, say) has no meaningful softmax; it returns
+  zeros, and its gradient is zero rather than NaN, so padding can never poison a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def scaled_dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array | None = None,
+    bias: Array | None = None,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    deterministic: bool = True,
+    precision: jax.lax.Precision | None = None,
+) -> Array:
+    """softmax(q kᵀ / sqrt(head_dim) + bias, masked) v, per head.
+
+    Args:
+      query: [batch, q_len, heads, head_dim].
+      key: [batch, kv_len, heads, head_dim].
+      value: [batch, kv_len, heads, head_dim_v].
+      mask: optional bool array broadcastable to [batch, heads, q_len, kv_len]; True = attend.
+      bias: optional float array broadcastable to [batch, heads, q_len, kv_len].
+      dropout_rate: probability of dropping an attention weight (training only).
+      dropout_rng: PRNG key for dropout; required when dropout is active.
+      deterministic: disables dropout when True.
+      precision: matmul precision.
+
+    Returns:
+      [batch, q_len, heads, head_dim_v] in the dtype of `value`. Rows whose mask is all False are 0.
+
+    Example:
+      >>> q = jnp.ones((2, 3, 4, 8)); kv = jnp.ones((2, 5, 4, 8))
+      >>> scaled_dot_product_attention(q, kv, kv).shape
+      (2, 3, 4, 8)
+    """
+    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        raise ValueError(
+            "query, key and value must be [batch, len, heads, head_dim]; got shapes "
+            f"{query.shape}, {key.shape}, {value.shape}"
+        )
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"query head_dim {query.shape[-1]} != key head_dim {key.shape[-1]}")
+    if key.shape[1] != value.shape[1]:
+        raise ValueError(f"key length {key.shape[1]} != value length {value.shape[1]}")
+
+    # Scale the query, not the logits: one multiply over [b, q, h, d] instead of [b, h, q, k].
+    head_dim = query.shape[-1]
+    query = query / jnp.sqrt(head_dim).astype(query.dtype)
+
+    # Logits [batch, heads, q_len, kv_len], accumulated and kept in float32.
+    logits = jnp.einsum(
+        "bqhd,bkhd->bhqk", query, key, precision=precision, preferred_element_type=jnp.float32
+    )
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+
+    if mask is not None:
+        # Masked logits get the most negative finite float (not -inf, which gives NaN in softmax).
+        big_neg = jnp.finfo(jnp.float32).min
+        logits = jnp.where(mask, logits, big_neg)
+
+    weights = jax.nn.softmax(logits, axis=-1)
+
+    if mask is not None:
+        # A fully masked row gets uniform weights from the softmax above; zero it so that the row's
+        # output (and its gradient) is exactly zero.
+        any_valid = jnp.any(mask, axis=-1, keepdims=True)
+        weights = jnp.where(any_valid, weights, 0.0)
+
+    if not deterministic and dropout_rate > 0.0:
+        if dropout_rng is None:
+            raise ValueError("dropout_rng is required when dropout_rate > 0 and not deterministic")
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+
+    # Read the values out with the (float32) weights cast to the compute dtype.
+    return jnp.einsum(
+        "bhqk,bkhd->bqhd", weights.astype(value.dtype), value, precision=precision
+    )
+
+
+def make_causal_mask(length: int) -> Array:
+    """Causal mask [1, 1, length, length]: position i may attend to positions j <= i."""
+    idx = jnp.arange(length)
+    return (idx[None, :] <= idx[:, None])[None, None]
+
+
+def make_padding_mask(query_valid: Array, key_valid: Array | None = None) -> Array:
+    """Padding mask [batch, 1, q_len, kv_len] from per-token validity.
+
+    Args:
+      query_valid: bool [batch, q_len], True for real (non-padding) query tokens.
+      key_valid: bool [batch, kv_len]; defaults to `query_valid` (self-attention).
+
+    A query may attend to a key iff both are real tokens. Rows of padding queries are therefore
+    fully masked and produce zeros.
+    """
+    if key_valid is None:
+        key_valid = query_valid
+    return (query_valid[:, :, None] & key_valid[:, None, :])[:, None]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+    """Logical AND of the given boolean masks (None entries are ignored)."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+def fused_dot_product_attention(
+    query: Array, key: Array, value: Array, mask: Array | None = None, bias: Array | None = None
+) -> Array:
+    """The same computation through `jax.nn.dot_product_attention` (XLA's or cuDNN's kernel).
+
+    Shapes as in `scaled_dot_product_attention`. Fully masked rows are zeroed here too, since the
+    library kernel returns the mean of the values for them.
+    """
+    if mask is not None:
+        mask = jnp.broadcast_to(
+            mask, (query.shape[0], query.shape[2], query.shape[1], key.shape[1])
+        )
+    if bias is not None:
+        bias = jnp.broadcast_to(
+            bias, (query.shape[0], query.shape[2], query.shape[1], key.shape[1])
+        ).astype(query.dtype)
+    out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+    if mask is not None:
+        any_valid = jnp.any(mask, axis=-1)  # [batch, heads, q_len]
+        out = jnp.where(jnp.transpose(any_valid, (0, 2, 1))[..., None], out, 0.0)
+    return out
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: project, attend per head, merge heads, project back.
+
+        head_i = Attention(x_q W_q^i, x_kv W_k^i, x_kv W_v^i),  out = concat(head_1..head_h) W_o
+
+    Call with `inputs_q` [batch, q_len, width_q] and optionally `inputs_kv` [batch, kv_len, width_kv]
+    (cross-attention); without `inputs_kv` it is self-attention. Returns [batch, q_len, out_width].
+
+    Attributes:
+      num_heads: number of heads h.
+      head_dim: per-head width d; defaults to width_q // num_heads.
+      out_features: output width; defaults to width_q.
+      use_bias: whether the projections have biases.
+      dropout_rate: attention-weight dropout.
+      use_fused: compute attention with `jax.nn.dot_product_attention` (same numbers; lets XLA or
+        cuDNN pick a fused kernel on accelerators).
+      dtype: compute dtype (e.g. bfloat16); parameters stay in `param_dtype`.
+    """
+
+    num_heads: int
+    head_dim: int | None = None
+    out_features: int | None = None
+    use_bias: bool = True
+    dropout_rate: float = 0.0
+    use_fused: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array | None = None,
+        mask: Array | None = None,
+        bias: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        if inputs_kv is None:
+            inputs_kv = inputs_q
+        width = inputs_q.shape[-1]
+        head_dim = self.head_dim or width // self.num_heads
+        if self.head_dim is None and width % self.num_heads:
+            raise ValueError(
+                f"width {width} is not divisible by num_heads {self.num_heads}; "
+                "set head_dim explicitly or change num_heads"
+            )
+        dense = lambda name: nn.DenseGeneral(  # noqa: E731 - three identical projections
+            features=(self.num_heads, head_dim),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+            name=name,
+        )
+        # [batch, len, width] -> [batch, len, heads, head_dim]
+        query = dense("query")(inputs_q)
+        key = dense("key")(inputs_kv)
+        value = dense("value")(inputs_kv)
+
+        if self.use_fused and (deterministic or self.dropout_rate == 0.0):
+            out = fused_dot_product_attention(query, key, value, mask=mask, bias=bias)
+        else:
+            dropout_rng = None
+            if not deterministic and self.dropout_rate > 0.0:
+                dropout_rng = self.make_rng("dropout")
+            out = scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                mask=mask,
+                bias=bias,
+                dropout_rate=self.dropout_rate,
+                dropout_rng=dropout_rng,
+                deterministic=deterministic,
+            )
+        # Merge heads and project: [batch, q_len, heads, head_dim] -> [batch, q_len, out].
+        return nn.DenseGeneral(
+            features=self.out_features or width,
+            axis=(-2, -1),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+            name="out",
+        )(out)

@@ -1,0 +1,127 @@
+"""Embeddings: images to patch tokens, token ids to vectors, and position embeddings.
+
+A transformer consumes a sequence of vectors. Text already is one (token ids looked up in a table);
+an image becomes one by cutting it into non-overlapping p×p patches and projecting each flattened
+patch linearly (Dosovitskiy et al., 2021):
+
+    image [batch, H, W, C] -> patches [batch, (H/p)·(W/p), p·p·C] -> tokens = patches · W + b
+
+which is exactly a convolution with kernel size = stride = p, and is computed as one. Attention is
+permutation-equivariant, so positions are added explicitly: learned vectors, or fixed 2-D sin-cos
+features (MoCo v3, big_vision), which need no parameters and extend to other grid sizes.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+class PatchEmbed(nn.Module):
+    """[batch, H, W, C] images -> [batch, (H/p)·(W/p), width] patch tokens (row-major order).
+
+    Attributes:
+      patch_size: p, the side of a square patch.
+      width: the token width D.
+    """
+
+    patch_size: int
+    width: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: Array) -> Array:
+        if images.ndim != 4:
+            raise ValueError(f"images must be [batch, height, width, channels]; got {images.shape}")
+        _, height, width, _ = images.shape
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of patch_size {p}: "
+                f"use an image size divisible by {p} or another patch size"
+            )
+        # Kernel = stride = p: each output position sees exactly one patch.
+        tokens = nn.Conv(
+            self.width,
+            kernel_size=(p, p),
+            strides=(p, p),
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(images)
+        batch, grid_h, grid_w, dim = tokens.shape
+        return tokens.reshape(batch, grid_h * grid_w, dim)
+
+
+def sincos_2d_position_embedding(
+    grid_h: int, grid_w: int, width: int, temperature: float = 10_000.0
+) -> np.ndarray:
+    """Fixed 2-D sin-cos position embeddings [grid_h·grid_w, width] (row-major, like PatchEmbed).
+
+    For a patch at row y and column x, with ω_k = 1 / temperature^(k / (width/4 − 1)):
+
+        pe = [sin(x ω), cos(x ω), sin(y ω), cos(y ω)]     (each block width/4 wide)
+    """
+    if width % 4:
+        raise ValueError(f"sin-cos 2-D embeddings need width divisible by 4; got width={width}")
+    y, x = np.mgrid[:grid_h, :grid_w]
+    quarter = width // 4
+    omega = 1.0 / temperature ** (np.arange(quarter) / max(quarter - 1, 1))
+    y = y.reshape(-1)[:, None] * omega[None, :]
+    x = x.reshape(-1)[:, None] * omega[None, :]
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
+class LearnedPositionEmbedding(nn.Module):
+    """Adds a learned vector per position: [batch, seq, width] -> [batch, seq, width].
+
+    The table is `max_len` long; a shorter sequence uses its first `seq` rows.
+    """
+
+    max_len: int
+    init_std: float = 0.02
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: Array) -> Array:
+        seq, width = tokens.shape[-2:]
+        if seq > self.max_len:
+            raise ValueError(f"sequence length {seq} exceeds max_len {self.max_len}")
+        table = self.param(
+            "embedding", nn.initializers.normal(self.init_std), (self.max_len, width), self.param_dtype
+        )
+        return tokens + table[:seq].astype(tokens.dtype)
+
+
+class TokenEmbed(nn.Module):
+    """Token ids [batch, seq] (int) -> vectors [batch, seq, width] by table lookup.
+
+    `attend(x)` computes x · tableᵀ, the tied output projection a language-model head uses.
+    """
+
+    vocab_size: int
+    width: int
+    init_std: float = 0.02
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.embed = nn.Embed(
+            self.vocab_size,
+            self.width,
+            embedding_init=nn.initializers.normal(self.init_std),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+    def __call__(self, token_ids: Array) -> Array:
+        return self.embed(token_ids)
+
+    def attend(self, vectors: Array) -> Array:
+        return self.embed.attend(vectors)
