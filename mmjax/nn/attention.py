@@ -83,16 +83,17 @@ def scaled_dot_product_attention(
     head_dim = query.shape[-1]
     query = query / jnp.sqrt(head_dim).astype(query.dtype)
 
-    # Logits [batch, heads, q_len, kv_len], accumulated and kept in float32.
+    # Logits [batch, heads, q_len, kv_len], accumulated and kept in (at least) float32.
+    logits_dtype = jnp.promote_types(query.dtype, jnp.float32)
     logits = jnp.einsum(
-        "bqhd,bkhd->bhqk", query, key, precision=precision, preferred_element_type=jnp.float32
+        "bqhd,bkhd->bhqk", query, key, precision=precision, preferred_element_type=logits_dtype
     )
     if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
+        logits = logits + bias.astype(logits_dtype)
 
     if mask is not None:
         # Masked logits get the most negative finite float (not -inf, which gives NaN in softmax).
-        big_neg = jnp.finfo(jnp.float32).min
+        big_neg = jnp.finfo(logits_dtype).min
         logits = jnp.where(mask, logits, big_neg)
 
     weights = jax.nn.softmax(logits, axis=-1)

@@ -1,0 +1,200 @@
+"""The training loop: one flat function in commented stages, for every task.
+
+    set up the run folder -> prepare data -> build mesh, task, optimizer -> create or restore the
+    state -> loop { next batch -> compiled step -> (every N) log, evaluate, checkpoint } ->
+    final checkpoint -> evaluate -> results table, results.json, plots
+
+The host never waits for the device inside the loop except every `log_every` steps, when it fetches
+the metrics of the steps since the last log (and checks them for NaN). Batches are prepared by
+loader threads while the device computes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmjax.data.prepare import prepare_shapes
+from mmjax.data.pipeline import ContrastivePreprocess, make_train_loader
+from mmjax.evaluation.clip_eval import evaluate_clip, write_artifacts
+from mmjax.evaluation.report import format_table, plot_training_curves, write_results
+from mmjax.models.clip import build_clip
+from mmjax.training import sharding as shd
+from mmjax.training.checkpoint import Checkpointer
+from mmjax.training.metric_writer import MetricWriter
+from mmjax.training.optimizer import make_optimizer, make_schedule
+from mmjax.training.state import TrainState, count_params, create_train_state
+from mmjax.training.step import make_train_step
+from mmjax.training.tasks import ContrastiveTask
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    return config.to_json_best_effort(sort_keys=True, indent=2)
+
+
+def build_task(config: ml_collections.ConfigDict) -> ContrastiveTask:
+    return ContrastiveTask(build_clip(config.model))
+
+
+def example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one batch (for initialisation and ahead-of-time compilation)."""
+    size = config.data.image_size
+    return {
+        "images": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
+        "token_ids": jax.ShapeDtypeStruct((batch_size, config.data.text_len), jnp.int32),
+    }
+
+
+def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """Task, schedule, optimizer, the abstract (sharded) state and the compiled step.
+
+    Returns (task, schedule, init_fn, abstract_state, train_step), where `init_fn()` creates the
+    state directly on the mesh with its final shardings.
+    """
+    task = build_task(config)
+    schedule = make_schedule(
+        config.optimizer.learning_rate,
+        config.optimizer.warmup_steps,
+        config.num_steps,
+        config.optimizer.end_learning_rate,
+    )
+    optimizer = make_optimizer(
+        schedule,
+        weight_decay=config.optimizer.weight_decay,
+        b1=config.optimizer.b1,
+        b2=config.optimizer.b2,
+        eps=config.optimizer.eps,
+        grad_clip_norm=config.optimizer.grad_clip_norm,
+    )
+    shd.check_batch_size(config.batch_size, mesh)
+    batch_spec = example_batch(config, config.batch_size)
+
+    def init_fn_inner(rng):
+        batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()}
+        return create_train_state(task, optimizer, rng, batch)
+
+    rng = jax.random.key(config.seed)
+    abstract = jax.eval_shape(init_fn_inner, rng)
+    state_shardings = shd.tree_shardings(abstract, shd.replicated(mesh))
+    abstract_state = jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, state_shardings
+    )
+    init_fn = lambda: jax.jit(init_fn_inner, out_shardings=state_shardings)(rng)  # noqa: E731
+    train_step = make_train_step(task, optimizer, schedule, mesh, state_shardings)
+    return task, schedule, init_fn, abstract_state, train_step
+
+
+def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+    """Averages the device metrics of the steps since the last log (one host transfer)."""
+    fetched = jax.device_get(pending)
+    return {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints), evaluates, writes artifacts.
+
+    Returns the final evaluation results.
+    """
+    is_main = jax.process_index() == 0
+    # --- Set up the run folder -------------------------------------------------------------------
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_to_json(config))
+
+    # --- Data: build the dataset and tokenizer if missing, then the training iterator -----------
+    data = prepare_shapes(config.data)
+    if is_main:
+        shutil.copyfile(data.tokenizer_path, os.path.join(workdir, "tokenizer.model"))
+    if data.tokenizer.vocab_size > config.model.text.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {data.tokenizer.vocab_size} pieces but config.model.text.vocab_size "
+            f"is {config.model.text.vocab_size}: raise the model's vocab_size"
+        )
+
+    # --- Mesh, task, optimizer, state ------------------------------------------------------------
+    mesh = shd.make_mesh(config.mesh.data)
+    task, schedule, init_fn, abstract_state, train_step = setup_training(config, mesh)
+    local_batch_size = config.batch_size // jax.process_count()
+    train_iter = make_train_loader(
+        data.split("train"),
+        ContrastivePreprocess(
+            data.tokenizer, config.data.text_len, config.data.flip_probability, data.mirror_text
+        ),
+        batch_size=local_batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_threads=config.data.num_threads,
+    )
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(abstract_state, train_iter)
+        print(f"Resumed from {checkpointer.directory} at step {int(state.step)}.")
+    else:
+        state = init_fn()
+    start_step = int(state.step)
+    if is_main:
+        print(f"Model: {count_params(state.params):,} parameters; mesh {dict(mesh.shape)}; "
+              f"global batch {config.batch_size}.")
+
+    # --- Train ------------------------------------------------------------------------------------
+    writer = MetricWriter(workdir)
+    pending: list[dict] = []
+    bar = tqdm(total=config.num_steps, initial=start_step, desc="train", unit="step",
+               disable=not is_main, dynamic_ncols=True)
+    last_log_time, last_log_step = time.perf_counter(), start_step
+    for step in range(start_step + 1, config.num_steps + 1):
+        batch = shd.to_global_batch(next(train_iter), mesh)
+        state, metrics = train_step(state, batch)
+        pending.append(metrics)
+        bar.update(1)
+
+        if step % config.log_every == 0 or step == config.num_steps:
+            summary = _mean_metrics(pending)
+            pending = []
+            now = time.perf_counter()
+            summary["examples_per_sec"] = (step - last_log_step) * config.batch_size / (now - last_log_time)
+            last_log_time, last_log_step = now, step
+            bad = [k for k in ("loss", "grad_norm") if not math.isfinite(summary[k])]
+            if bad:
+                raise FloatingPointError(
+                    f"{bad[0]} became {summary[bad[0]]} at step {step}; stopping before a corrupt "
+                    "checkpoint is written. Lower the learning rate or check the data."
+                )
+            writer.write(step, summary)
+            bar.set_postfix(loss=f"{summary['loss']:.3f}", lr=f"{summary['learning_rate']:.1e}")
+
+        if config.eval_every and step % config.eval_every == 0 and step != config.num_steps:
+            results = evaluate_clip(task, state.params, data, config, split=config.eval.during_training_split)
+            writer.write(step, {f"eval/{k}": v for k, v in results.items()})
+
+        if step % config.checkpoint_every == 0 or step == config.num_steps:
+            checkpointer.save(step, state, train_iter, config_to_json(config))
+    bar.close()
+    checkpointer.wait()
+    checkpointer.close()
+
+    # --- Evaluate and report ----------------------------------------------------------------------
+    results, details = evaluate_clip(task, state.params, data, config, split=config.eval.split,
+                                     return_details=True)
+    writer.write(config.num_steps, {f"eval/{k}": v for k, v in results.items()})
+    writer.close()
+    if is_main:
+        write_artifacts(workdir, results, details, config)
+        plot_training_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
+    return results
+
+
+__all__ = ["train_and_evaluate", "setup_training", "TrainState", "build_task", "example_batch"]

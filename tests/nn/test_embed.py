@@ -1,0 +1,62 @@
+"""PatchEmbed against an explicit reshape + matmul; position and token embeddings."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax.nn.embed import LearnedPositionEmbedding, PatchEmbed, TokenEmbed, sincos_2d_position_embedding
+
+
+@pytest.mark.parametrize("hw,p,c", [((8, 8), 4, 3), ((12, 8), 4, 3), ((6, 9), 3, 2)])
+def test_patch_embed_equals_reshape_and_matmul(hw, p, c):
+    rng = np.random.default_rng(sum(hw) + p)
+    images = rng.standard_normal((2, *hw, c)).astype(np.float32)
+    module = PatchEmbed(patch_size=p, width=5)
+    params = module.init(jax.random.key(0), images)["params"]
+    out = np.asarray(module.apply({"params": params}, images))
+    h, w = hw[0] // p, hw[1] // p
+    # [b, h, p, w, p, c] -> [b, h, w, p, p, c] -> [b, h*w, p*p*c]: one row per patch, row-major.
+    patches = images.reshape(2, h, p, w, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(2, h * w, p * p * c)
+    kernel = np.asarray(params["conv"]["kernel"], np.float64).reshape(p * p * c, 5)
+    expected = patches.astype(np.float64) @ kernel + np.asarray(params["conv"]["bias"])
+    assert out.shape == (2, h * w, 5)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_embed_names_both_sizes_when_not_divisible():
+    with pytest.raises(ValueError, match=r"30x32 is not a multiple of patch_size 8"):
+        PatchEmbed(patch_size=8, width=4).init(jax.random.key(0), jnp.ones((1, 30, 32, 3)))
+
+
+def test_sincos_embedding_formula_and_distinct_positions():
+    pe = sincos_2d_position_embedding(3, 4, 16)
+    assert pe.shape == (12, 16)
+    omega = 1.0 / 10000 ** (np.arange(4) / 3)
+    y, x = 2, 1  # patch index 2*4+1 = 9
+    expected = np.concatenate([np.sin(x * omega), np.cos(x * omega), np.sin(y * omega), np.cos(y * omega)])
+    np.testing.assert_allclose(pe[9], expected, rtol=1e-6)
+    assert len({tuple(np.round(r, 5)) for r in pe}) == 12
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d_position_embedding(2, 2, 6)
+
+
+def test_learned_position_embedding_adds_prefix_of_table():
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    module = LearnedPositionEmbedding(max_len=5)
+    params = module.init(jax.random.key(0), x)["params"]
+    out = module.apply({"params": params}, x)
+    np.testing.assert_allclose(out, x + np.asarray(params["embedding"])[:3], rtol=1e-6)
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        module.apply({"params": params}, np.ones((1, 6, 4), np.float32))
+
+
+def test_token_embed_lookup_and_tied_attend():
+    ids = np.array([[3, 1, 0]])
+    module = TokenEmbed(vocab_size=7, width=4)
+    params = module.init(jax.random.key(0), ids)["params"]
+    table = np.asarray(params["embed"]["embedding"])
+    np.testing.assert_allclose(module.apply({"params": params}, ids), table[ids], rtol=1e-6)
+    vec = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    logits = module.apply({"params": params}, vec, method=TokenEmbed.attend)
+    np.testing.assert_allclose(logits, vec @ table.T, rtol=1e-5, atol=1e-6)
