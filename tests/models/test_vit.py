@@ -1,0 +1,43 @@
+"""ViT image tower."""
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax.models.vit import ViT
+
+
+def tower(**kw):
+    args = dict(patch_size=8, width=32, depth=2, num_heads=4, mlp_dim=64)
+    args.update(kw)
+    return ViT(**args)
+
+
+@pytest.mark.parametrize("pool,pos", [("token", "learned"), ("mean", "sincos2d"), ("token", "sincos2d")])
+def test_shapes_and_pooling(pool, pos):
+    images = np.random.default_rng(0).standard_normal((2, 32, 24, 3)).astype(np.float32)
+    model = tower(pool=pool, position_embedding=pos, ln_pre=True)
+    params = model.init(jax.random.key(0), images)
+    out = model.apply(params, images)
+    n = (32 // 8) * (24 // 8)
+    assert out["tokens"].shape == (2, n + (pool == "token"), 32)
+    expected = out["tokens"][:, 0] if pool == "token" else out["tokens"].mean(axis=1)
+    np.testing.assert_allclose(out["pooled"], expected, rtol=1e-6)
+
+
+def test_position_embedding_breaks_permutation_symmetry():
+    """Without positions, a mean-pooled ViT could not tell a picture from its shuffled patches."""
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((1, 16, 16, 3)).astype(np.float32)
+    swapped = images.copy()
+    swapped[:, :8, :8], swapped[:, 8:, 8:] = images[:, 8:, 8:], images[:, :8, :8]
+    model = tower(pool="mean", position_embedding="sincos2d")
+    params = model.init(jax.random.key(0), images)
+    assert not np.allclose(model.apply(params, images)["pooled"], model.apply(params, swapped)["pooled"])
+
+
+def test_bad_attributes_and_sizes_are_named():
+    with pytest.raises(ValueError, match="pool must be 'token' or 'mean'"):
+        tower(pool="max")
+    with pytest.raises(ValueError, match="not a multiple of patch_size 8"):
+        tower().init(jax.random.key(0), np.ones((1, 20, 16, 3), np.float32))
