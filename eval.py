@@ -1,0 +1,26 @@
+"""Evaluate the latest checkpoint of a run folder.
+
+    python eval.py --config configs/clip_tiny.py --workdir runs/clip_tiny
+    python eval.py --config configs/clip_tiny.py --workdir runs/clip_tiny --config.eval.split=compositional_test
+
+Prints the results table and writes results.json and the retrieval example grids into the workdir.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mmjax.training.evaluate import evaluate_checkpoint
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder holding checkpoints/.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,172 @@
+"""Evaluating a dual encoder: image<->text retrieval and zero-shot classification.
+
+Retrieval (the COCO protocol, judged by meaning). Embed every image of the split and every one of
+its captions (5 per image), then
+
+    image -> text: rank all captions by cosine similarity to the image; a hit at K when one of the
+                   top-K captions describes the *same scene* (same objects and properties);
+    text -> image: rank all images for each caption; a hit at K when one of the top-K images shows
+                   the same scene.
+
+"Same scene" is decided by the dataset's structured truth (`scene_key`), never by string equality:
+one scene has many phrasings, and two images can show the same scene.
+
+Zero-shot classification (CLIP's recipe). Each class name ("red circle") is put into several
+prompt templates ("a photo of a red circle."), their text embeddings are averaged into one class
+embedding, and each image is assigned the class with the most similar embedding. The label is
+the shape and colour of the largest object.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmjax.data.pipeline import iterate_in_order
+from mmjax.evaluation.metrics import (
+    PROMPT_TEMPLATES,
+    class_embeddings_from_prompts,
+    group_ids,
+    image_text_retrieval,
+    zero_shot_accuracy,
+)
+from mmjax.evaluation.report import (
+    format_table,
+    plot_retrieval_grid,
+    plot_text_to_image_grid,
+    write_results,
+)
+
+
+def _batched_apply(fn: Callable, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """fn over `inputs` in fixed-size batches (the last one padded, so `fn` compiles once)."""
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start : start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        outputs.append(np.asarray(fn(chunk))[: batch_size - pad])
+    return np.concatenate(outputs)
+
+
+def embed_split(task: Any, params: Any, source, tokenizer, text_len: int, batch_size: int = 256,
+                num_threads: int = 2, show_progress: bool = True) -> dict[str, Any]:
+    """Embeds every image and caption of `source`.
+
+    Returns image_embeddings [n, d], text_embeddings [n·c, d] (captions of image i are rows
+    i·c .. i·c + c − 1), scene_keys [n], labels [n], captions [n·c] (str), images uint8 [n, H, W, 3].
+    """
+    encode_images = jax.jit(task.encode_images)
+    encode_texts = jax.jit(task.encode_texts)
+
+    def transform(example):
+        captions = [c.decode("utf-8") if isinstance(c, bytes) else c for c in example["captions"]]
+        return {
+            "images": np.asarray(example["image"]),
+            "token_ids": tokenizer.encode_batch(captions, text_len),
+            "captions": np.asarray(captions, dtype=object),
+            "scene_key": np.asarray(example["scene_key"], dtype=object),
+            "label": np.asarray(example["label"], np.int64),
+        }
+
+    parts: dict[str, list] = {k: [] for k in ("images", "token_ids", "captions", "scene_key", "label")}
+    batches = iterate_in_order(source, transform, batch_size=batch_size, num_threads=num_threads)
+    for batch in tqdm(batches, total=-(-len(source) // batch_size), desc="embed", unit="batch",
+                      disable=not show_progress, leave=False):
+        for k in parts:
+            parts[k].append(batch[k])
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    n, captions_per_image = data["token_ids"].shape[:2]
+    token_ids = data["token_ids"].reshape(n * captions_per_image, -1)
+    return {
+        "image_embeddings": _batched_apply(lambda x: encode_images(params, x), data["images"], batch_size),
+        "text_embeddings": _batched_apply(lambda x: encode_texts(params, x), token_ids, batch_size),
+        "scene_keys": np.asarray([_str(k) for k in data["scene_key"]]),
+        "labels": data["label"],
+        "captions": np.asarray([_str(c) for c in data["captions"].reshape(-1)]),
+        "captions_per_image": captions_per_image,
+        "images": data["images"],
+    }
+
+
+def _str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def class_embeddings(task: Any, params: Any, class_names: list[str], tokenizer, text_len: int,
+                     templates: tuple[str, ...] = PROMPT_TEMPLATES) -> np.ndarray:
+    """[num_classes, d]: prompt-ensembled, unit-norm text embeddings of every class name."""
+    prompts = [template.format(name) for name in class_names for template in templates]
+    token_ids = tokenizer.encode_batch(prompts, text_len)
+    embeddings = _batched_apply(lambda x: jax.jit(task.encode_texts)(params, x), token_ids, 256)
+    return class_embeddings_from_prompts(embeddings.reshape(len(class_names), len(templates), -1))
+
+
+def evaluate_clip(task: Any, params: Any, data: Any, config: Any, split: str = "test",
+                  return_details: bool = False):
+    """Retrieval recall@{1,5,10} both ways and zero-shot accuracy on `split`.
+
+    Returns a dict of floats (and, with `return_details`, the embeddings and captions used, for
+    the example grids).
+    """
+    embedded = embed_split(task, params, data.split(split), data.tokenizer, config.data.text_len,
+                           batch_size=config.eval.batch_size, num_threads=config.data.num_threads)
+    c = embedded["captions_per_image"]
+    image_groups, text_groups = group_ids(embedded["scene_keys"], np.repeat(embedded["scene_keys"], c))
+    results = image_text_retrieval(
+        embedded["image_embeddings"], embedded["text_embeddings"], image_groups, text_groups, ks=(1, 5, 10)
+    )
+    zero_shot = zero_shot_accuracy(
+        embedded["image_embeddings"],
+        class_embeddings(task, params, data.class_names, data.tokenizer, config.data.text_len,
+                         tuple(config.eval.prompt_templates)),
+        embedded["labels"],
+        ks=(1, 5),
+    )
+    results.update({f"zero_shot_{k}": v for k, v in zero_shot.items()})
+    results = {k: float(v) for k, v in results.items()}
+    if return_details:
+        embedded["image_groups"], embedded["text_groups"] = image_groups, text_groups
+        return results, embedded
+    return results
+
+
+def write_artifacts(workdir: str, results: dict[str, float], details: dict[str, Any], config: Any,
+                    num_examples: int = 8, k: int = 5) -> None:
+    """results.json, a printed results table, and PNG grids of retrieval examples."""
+    write_results(workdir, {"split": config.eval.split, **results})
+    rows = [
+        {"direction": "image -> text", **{f"R@{n}": results[f"i2t_r{n}"] for n in (1, 5, 10)}},
+        {"direction": "text -> image", **{f"R@{n}": results[f"t2i_r{n}"] for n in (1, 5, 10)}},
+    ]
+    print(format_table(rows, title=f"Retrieval on shapes/{config.eval.split} (hit = same scene)"))
+    print(format_table(
+        [{"zero-shot top-1": results["zero_shot_top1"], "top-5": results["zero_shot_top5"],
+          "mean per class": results["zero_shot_mean_per_class_accuracy"]}],
+        title=f"Zero-shot classification ({len(details['labels'])} images)",
+    ))
+
+    # Example grids: the first `num_examples` images and captions of the split.
+    c = details["captions_per_image"]
+    images, texts = details["image_embeddings"], details["text_embeddings"]
+    query = np.arange(min(num_examples, len(images)))
+    i2t = np.argsort(-(images[query] @ texts.T), axis=1)[:, :k]
+    plot_retrieval_grid(
+        details["images"][query],
+        [details["captions"][i * c] for i in query],
+        [[details["captions"][j] for j in row] for row in i2t],
+        [[details["text_groups"][j] == details["image_groups"][i] for j in row] for i, row in zip(query, i2t)],
+        os.path.join(workdir, "retrieval_image_to_text.png"),
+    )
+    t2i = np.argsort(-(texts[query * c] @ images.T), axis=1)[:, :k]
+    plot_text_to_image_grid(
+        [details["captions"][i * c] for i in query],
+        details["images"][t2i],
+        [[details["image_groups"][j] == details["image_groups"][i] for j in row] for i, row in zip(query, t2i)],
+        os.path.join(workdir, "retrieval_text_to_image.png"),
+    )

@@ -1,0 +1,93 @@
+"""The compiled train step: 8-way data parallel equals 1 device; the optimizer masks decay."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mmjax.training import sharding as shd
+from mmjax.training.setup import setup_training
+from mmjax.training.optimizer import make_schedule, weight_decay_mask
+
+
+def tiny_config(batch_size=16):
+    config = ml_collections.ConfigDict()
+    config.seed = 3
+    config.data = dict(image_size=16, text_len=8)
+    config.model = dict(
+        embed_dim=16,
+        image=dict(patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, pool="mean"),
+        text=dict(vocab_size=30, max_len=8, width=32, depth=2, num_heads=2, mlp_dim=64),
+    )
+    config.batch_size = batch_size
+    config.num_steps = 50
+    config.optimizer = dict(learning_rate=1e-3, end_learning_rate=0.0, warmup_steps=2, weight_decay=0.1,
+                            b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0)
+    return ml_collections.ConfigDict(config)
+
+
+def random_batch(seed, batch_size=16):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, 30, (batch_size, 8)).astype(np.int32)
+    ids[:, 6:] = 0
+    ids[:, 5] = 2
+    return {"images": rng.integers(0, 256, (batch_size, 16, 16, 3)).astype(np.uint8), "token_ids": ids}
+
+
+def run_steps(num_devices, batches):
+    mesh = shd.make_mesh(num_devices)
+    _, _, init_fn, _, train_step = setup_training(tiny_config(), mesh)
+    state = init_fn()
+    losses = []
+    for batch in batches:
+        state, metrics = train_step(state, shd.to_global_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_eight_devices_equal_one_device():
+    assert jax.device_count() == 8, "tests/conftest.py forces 8 host devices"
+    batches = [random_batch(s) for s in range(3)]
+    state1, losses1 = run_steps(1, batches)
+    state8, losses8 = run_steps(8, batches)
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state1.params), jax.tree.leaves(state8.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+    # The 8-device state really is laid out on 8 devices.
+    leaf = jax.tree.leaves(state8.params)[0]
+    assert len(leaf.sharding.device_set) == 8
+    assert losses1[-1] != losses1[0]
+
+
+def test_batch_is_split_over_the_data_axis():
+    mesh = shd.make_mesh(8)
+    batch = shd.to_global_batch(random_batch(0), mesh)
+    shards = batch["images"].addressable_shards
+    assert len(shards) == 8 and shards[0].data.shape == (2, 16, 16, 3)
+
+
+def test_batch_size_not_divisible_is_named():
+    with pytest.raises(ValueError, match="config.batch_size=12 is not divisible by the 8 devices"):
+        setup_training(tiny_config(batch_size=12), shd.make_mesh(8))
+    with pytest.raises(ValueError, match="config.mesh.data=3"):
+        shd.make_mesh(3)
+
+
+def test_weight_decay_mask_only_on_kernels():
+    params = {"dense": {"kernel": 1, "bias": 2}, "ln": {"scale": 3}, "logit_scale": 4,
+              "embed": {"embedding": 5}, "cls_token": 6}
+    mask = weight_decay_mask(params)
+    assert mask == {"dense": {"kernel": True, "bias": False}, "ln": {"scale": False},
+                    "logit_scale": False, "embed": {"embedding": False}, "cls_token": False}
+
+
+def test_schedule_warms_up_then_decays():
+    schedule = make_schedule(1.0, warmup_steps=10, total_steps=110, end_learning_rate=0.0)
+    assert float(schedule(0)) == 0.0
+    np.testing.assert_allclose(float(schedule(5)), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(10)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(60)), 0.5, rtol=1e-5)
+    assert float(schedule(110)) < 1e-6
+    with pytest.raises(ValueError, match="num_steps=5 must exceed"):
+        make_schedule(1.0, warmup_steps=10, total_steps=5)

@@ -1,0 +1,27 @@
+"""Train a model from a config file, then evaluate it.
+
+    python train.py --config configs/clip_tiny.py --workdir runs/clip_tiny
+    python train.py --config configs/clip_tiny.py --workdir runs/x --config.num_steps=200 --config.batch_size=128
+
+Running it again on the same --workdir resumes from the latest checkpoint. The run folder gets
+checkpoints/, metrics.jsonl, tensorboard/, config.json, tokenizer.model, results.json and PNG plots.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mmjax.training.loop import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics and results go here.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
