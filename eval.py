@@ -6,7 +6,7 @@
 Prints the results table and writes results.json and the retrieval example grids into the workdir.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmjax.training.evaluate import evaluate_checkpoint
@@ -19,6 +19,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Library chatter (Orbax, TFDS) goes to the log only when it is a problem; progress bars and
+    # the results table are what a user reads.
+    logging.set_verbosity(logging.ERROR)
     evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
 
 

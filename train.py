@@ -7,7 +7,7 @@ Running it again on the same --workdir resumes from the latest checkpoint. The r
 checkpoints/, metrics.jsonl, tensorboard/, config.json, tokenizer.model, results.json and PNG plots.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmjax.training.loop import train_and_evaluate
@@ -20,6 +20,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Library chatter (Orbax, TFDS) goes to the log only when it is a problem; progress bars and
+    # the results table are what a user reads.
+    logging.set_verbosity(logging.ERROR)
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

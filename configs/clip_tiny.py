@@ -3,10 +3,11 @@
     python train.py --config configs/clip_tiny.py --workdir runs/clip_tiny
 
 A 4-layer ViT (48 px images, 16 px patches: one patch token per cell of the 3x3 scene grid) and a
-3-layer causal text tower, trained with the CLIP loss. On a 2-core CPU it trains in a few minutes and
+2-layer causal text tower, trained with the CLIP loss. On a 2-core CPU it trains in a few minutes and
 retrieves the right scene among 1000 test scenes (see the README's results table).
 """
 
+import jax
 import ml_collections
 
 
@@ -26,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_test = 1_000
     config.data.num_compositional_test = 1_000
     # Tokenizer size (sentencepiece may stop short of it on the small grammar) and padded text length.
-    config.data.vocab_size = 128
+    config.data.vocab_size = 256
     config.data.text_len = 32
     # Horizontal flips, with "left"/"right" swapped in the caption.
     config.data.flip_probability = 0.5
@@ -36,20 +37,23 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     # Width of the shared image-text embedding space.
     config.model.embed_dim = 128
+    # ReLU rather than GELU: on a CPU, XLA's erf/tanh GELU costs about 40% of this small step,
+    # and at this scale ReLU trains as well.
     config.model.image = ml_collections.ConfigDict(dict(
         patch_size=16, width=128, depth=4, num_heads=4, mlp_dim=512,
-        pool="mean", position_embedding="sincos2d",
+        pool="mean", position_embedding="sincos2d", activation=jax.nn.relu,
     ))
     config.model.text = ml_collections.ConfigDict(dict(
-        vocab_size=128, max_len=32, width=128, depth=3, num_heads=4, mlp_dim=512,
+        vocab_size=256, max_len=32, width=128, depth=2, num_heads=4, mlp_dim=512,
+        activation=jax.nn.relu,
     ))
 
     # Global batch (split over all devices) and number of optimizer steps.
     config.batch_size = 256
-    config.num_steps = 1_200
+    config.num_steps = 500
 
     config.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=100, weight_decay=0.1,
+        learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=50, weight_decay=0.1,
         b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0,
     ))
 
@@ -58,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.log_every = 50
     config.eval_every = 0  # 0: evaluate only at the end
-    config.checkpoint_every = 400
+    config.checkpoint_every = 250
     config.keep_checkpoints = 2
 
     config.eval = ml_collections.ConfigDict()

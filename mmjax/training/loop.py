@@ -40,10 +40,14 @@ def _mean_metrics(pending: list[dict]) -> dict[str, float]:
     return {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None
+) -> dict[str, Any] | None:
     """Trains `config` in `workdir` (resuming if it holds checkpoints), evaluates, writes artifacts.
 
-    Returns the final evaluation results.
+    `stop_after` ends the run after that step with a checkpoint and no evaluation, exactly as an
+    interrupted run would end; calling again resumes it. Returns the final evaluation results
+    (None when stopped early).
     """
     is_main = jax.process_index() == 0
     # --- Set up the run folder -------------------------------------------------------------------
@@ -95,13 +99,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     bar = tqdm(total=config.num_steps, initial=start_step, desc="train", unit="step",
                disable=not is_main, dynamic_ncols=True)
     last_log_time, last_log_step = time.perf_counter(), start_step
-    for step in range(start_step + 1, config.num_steps + 1):
+    last_step = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
+    for step in range(start_step + 1, last_step + 1):
         batch = shd.to_global_batch(next(train_iter), mesh)
         state, metrics = train_step(state, batch)
         pending.append(metrics)
+        # Keep at most two steps in flight: wait for the step *before* the one just dispatched.
+        # The device always has a queued step, so it never idles, and the host cannot run ahead
+        # by a whole logging window (holding its batches in memory and making the progress bar
+        # report dispatch speed instead of training speed).
+        if len(pending) >= 2:
+            jax.block_until_ready(pending[-2]["loss"])
         bar.update(1)
 
-        if step % config.log_every == 0 or step == config.num_steps:
+        if step % config.log_every == 0 or step == last_step:
             summary = _mean_metrics(pending)
             pending = []
             now = time.perf_counter()
@@ -120,11 +131,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             results = evaluate_clip(task, state.params, data, config, split=config.eval.during_training_split)
             writer.write(step, {f"eval/{k}": v for k, v in results.items()})
 
-        if step % config.checkpoint_every == 0 or step == config.num_steps:
+        if step % config.checkpoint_every == 0 or step == last_step:
             checkpointer.save(step, state, train_iter, config_to_json(config))
     bar.close()
     checkpointer.wait()
     checkpointer.close()
+    if last_step < config.num_steps:
+        writer.close()
+        return None
 
     # --- Evaluate and report ----------------------------------------------------------------------
     results, details = evaluate_clip(task, state.params, data, config, split=config.eval.split,

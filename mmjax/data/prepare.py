@@ -1,0 +1,80 @@
+"""Everything a run needs from the data layer, from the `config.data` section.
+
+    prepare_shapes(config.data) -> ShapesData
+        .split("train" | "validation" | "test" | "compositional_test")  random-access source
+        .tokenizer          sentencepiece, trained on the training captions, saved beside the data
+        .class_names        text name of each zero-shot class ("red circle", ...)
+        .mirror_text        the caption mirroring that keeps flipped images truthful
+
+Building the dataset and training the tokenizer happen once; later runs find both on disk. In a
+multi-process run only process 0 builds; the others wait for it at a barrier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+
+from mmjax.data import shapes
+from mmjax.data.shapes_tfds import build_shapes, load_split, make_builder
+from mmjax.data.tokenizer import Tokenizer, train_tokenizer
+
+# config.data fields that select the dataset variant (passed to the TFDS builder).
+_VARIANT_FIELDS = ("num_train", "num_validation", "num_test", "num_compositional_test",
+                   "seed", "min_objects", "max_objects", "num_captions")
+
+# Training captions the tokenizer is fitted on (the grammar's vocabulary is covered many times over).
+_TOKENIZER_EXAMPLES = 4000
+
+
+@dataclasses.dataclass
+class ShapesData:
+    data_dir: str
+    image_size: int
+    variant: dict[str, Any]
+    tokenizer: Tokenizer
+    tokenizer_path: str
+    class_names: list[str]
+    mirror_text: Callable[[str], str] = shapes.mirror_text
+
+    def split(self, name: str) -> Sequence[dict[str, Any]]:
+        return load_split(self.data_dir, self.image_size, name, **self.variant)
+
+
+def prepare_shapes(data_config: Any, build_if_missing: bool = True) -> ShapesData:
+    """Builds (if allowed and missing) and opens the `shapes` dataset and its tokenizer."""
+    variant = {k: data_config[k] for k in _VARIANT_FIELDS if k in data_config}
+    data_dir = os.path.abspath(data_config.data_dir)
+    if build_if_missing:
+        if jax.process_index() == 0:
+            build_shapes(data_dir, data_config.image_size, **variant)
+        _barrier("shapes_built")
+    builder = make_builder(data_dir, data_config.image_size, **variant)
+    train = load_split(data_dir, data_config.image_size, "train", **variant)
+
+    tokenizer_path = os.path.join(os.fspath(builder.data_path), f"tokenizer_{data_config.vocab_size}.model")
+    if not os.path.exists(tokenizer_path):
+        if jax.process_index() == 0:
+            n = min(len(train), _TOKENIZER_EXAMPLES)
+            captions = [c.decode("utf-8") if isinstance(c, bytes) else c
+                        for i in range(n) for c in train[i]["captions"]]
+            train_tokenizer(captions, data_config.vocab_size, tokenizer_path)
+        _barrier("tokenizer_trained")
+    return ShapesData(
+        data_dir=data_dir,
+        image_size=data_config.image_size,
+        variant=variant,
+        tokenizer=Tokenizer.load(tokenizer_path),
+        tokenizer_path=tokenizer_path,
+        class_names=shapes.class_names(),
+    )
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -1,0 +1,68 @@
+"""The sentencepiece tokenizer: ids layout, padding, truncation, errors, atomic save."""
+
+import os
+
+import numpy as np
+import pytest
+
+from mmjax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
+
+CORPUS = [
+    f"a {size} {colour} {shape} at the {pos}"
+    for size in ("small", "large", "big")
+    for colour in ("red", "green", "blue", "white")
+    for shape in ("circle", "square", "triangle")
+    for pos in ("top left", "center", "bottom right")
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tok.model"
+    return train_tokenizer(CORPUS, vocab_size=64, path=path), path
+
+
+def test_round_trip_and_eos(tokenizer):
+    tok, _ = tokenizer
+    for text in CORPUS[::7]:
+        ids = tok.encode(text)
+        assert ids[-1] == EOS_ID and PAD_ID not in ids
+        assert tok.decode(ids) == text
+
+
+def test_batch_is_padded_and_truncated_keeping_eos(tokenizer):
+    tok, _ = tokenizer
+    texts = [CORPUS[0], CORPUS[0] + " and " + CORPUS[1] + " and " + CORPUS[2]]
+    ids = tok.encode_batch(texts, max_len=12)
+    assert ids.shape == (2, 12) and ids.dtype == np.int32
+    n = len(tok.encode(texts[0]))
+    assert (ids[0, n:] == PAD_ID).all() and ids[0, n - 1] == EOS_ID
+    assert len(tok.encode(texts[1])) > 12 and ids[1, -1] == EOS_ID and PAD_ID not in ids[1]
+
+
+def test_saved_model_loads_identically_and_training_is_deterministic(tokenizer, tmp_path):
+    tok, path = tokenizer
+    loaded = Tokenizer.load(path)
+    again = train_tokenizer(CORPUS, vocab_size=64)
+    for text in CORPUS[:10]:
+        assert loaded.encode(text) == tok.encode(text) == again.encode(text)
+    assert not [f for f in os.listdir(os.path.dirname(path)) if f != "tok.model"]  # no temp files
+
+
+def test_bad_input_is_named(tokenizer, tmp_path):
+    tok, _ = tokenizer
+    with pytest.raises(ValueError, match="empty caption"):
+        tok.encode("   ")
+    with pytest.raises(ValueError, match="token id 999 is outside the vocabulary"):
+        tok.decode([5, 999])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Tokenizer.load(tmp_path / "missing.model")
+    assert tok.unknown_pieces("a red circle") == []
+    assert tok.unknown_pieces("a red zebra ü") != []
+
+
+def test_tokenizer_survives_pickling(tokenizer):
+    import pickle
+
+    tok, _ = tokenizer
+    assert pickle.loads(pickle.dumps(tok)).encode(CORPUS[3]) == tok.encode(CORPUS[3])

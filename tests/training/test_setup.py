@@ -1,0 +1,47 @@
+"""Ahead-of-time compilation of the real configs' train steps on abstract inputs.
+
+`jax.jit(step).lower(abstract_state, abstract_batch).compile()` proves that shapes, dtypes and
+shardings fit together for a config without allocating its parameters or running it: the way to
+check a TPU-pod config on a laptop.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import clip_b16, clip_small, clip_tiny
+from mmjax.training import sharding as shd
+from mmjax.training.setup import example_batch, setup_training
+from mmjax.training.state import count_params
+
+
+def lower_and_compile(config, num_devices=8):
+    mesh = shd.make_mesh(num_devices)
+    _, _, _, abstract_state, train_step = setup_training(config, mesh)
+    batch = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shd.batch_sharding(mesh))
+        for k, v in example_batch(config, config.batch_size).items()
+    }
+    return abstract_state, train_step.lower(abstract_state, batch).compile()
+
+
+def test_clip_b16_step_compiles_on_an_8_device_mesh():
+    config = clip_b16.get_config()
+    abstract_state, compiled = lower_and_compile(config)
+    # OpenAI's ViT-B/16 CLIP has 149,620,737 parameters; ours adds the patch convolution's bias.
+    assert count_params(abstract_state.params) == 149_620_737 + 768
+    # Parameters are replicated, the batch is split 8 ways.
+    kernel = abstract_state.params["image_encoder"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"]
+    assert kernel.shape == (12, 768, 3072) and kernel.sharding.spec == jax.sharding.PartitionSpec()
+    assert compiled.input_shardings[0][1]["images"].spec == jax.sharding.PartitionSpec("data")
+    flops = compiled.cost_analysis()["flops"]
+    # Analytic lower bound for one training step: 6 x parameters-in-matmuls x tokens.
+    image_tokens, text_tokens = 197, 77
+    analytic = 6 * config.batch_size * (12 * 12 * 768**2 * image_tokens + 12 * 12 * 512**2 * text_tokens)
+    assert flops > 0.5 * analytic
+
+
+@pytest.mark.parametrize("module", [clip_tiny, clip_small])
+def test_small_configs_compile(module):
+    _, compiled = lower_and_compile(module.get_config())
+    assert compiled.cost_analysis()["flops"] > 0
