@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Global batch (split over all devices) and number of optimizer steps.
     config.batch_size = 256
-    config.num_steps = 500
+    config.num_steps = 400
 
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=50, weight_decay=0.1,
@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.log_every = 50
     config.eval_every = 0  # 0: evaluate only at the end
-    config.checkpoint_every = 250
+    config.checkpoint_every = 200
     config.keep_checkpoints = 2
 
     config.eval = ml_collections.ConfigDict()
