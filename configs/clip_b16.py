@@ -28,7 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.embed_dim = 512
     config.model.image = ml_collections.ConfigDict(dict(
         patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072,
-        pool="token", position_embedding="learned", ln_pre=True, activation=gelu, remat=True,
+        pool="token", position_embedding="learned", ln_pre=True, patch_bias=False, activation=gelu,
+        remat=True,
     ))
     config.model.text = ml_collections.ConfigDict(dict(
         vocab_size=49_408, max_len=77, width=512, depth=12, num_heads=8, mlp_dim=2048,

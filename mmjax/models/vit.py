@@ -2,8 +2,9 @@
 
     images [batch, H, W, 3]
       -> PatchEmbed                      [batch, N, width]     N = (H/p)·(W/p)
-      -> + position embedding            (learned, or fixed 2-D sin-cos)
       -> prepend a class token (opt.)    [batch, 1 + N, width]
+      -> + position embedding            (learned: one per token, the class token included, as
+                                          in ViT and CLIP; sin-cos: patches only, as in big_vision)
       -> Encoder (pre-LN blocks, scanned, final LayerNorm)
       -> pool: the class token ("token") or the mean of the patch tokens ("mean")
                                          [batch, width]
@@ -36,6 +37,7 @@ class ViT(nn.Module):
       pool: "token" (class token) or "mean" (mean of patch tokens).
       position_embedding: "learned" or "sincos2d".
       ln_pre: a LayerNorm before the encoder (OpenAI CLIP has one).
+      patch_bias: a bias in the patch projection (OpenAI CLIP has none).
     """
 
     patch_size: int
@@ -46,6 +48,7 @@ class ViT(nn.Module):
     pool: str = "token"
     position_embedding: str = "learned"
     ln_pre: bool = False
+    patch_bias: bool = True
     activation: Callable[[Array], Array] = gelu
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-5
@@ -64,13 +67,11 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, images: Array, deterministic: bool = True) -> dict[str, Array]:
-        tokens = PatchEmbed(self.patch_size, self.width, dtype=self.dtype, name="patch_embed")(
-            images.astype(self.dtype)
-        )
+        tokens = PatchEmbed(
+            self.patch_size, self.width, use_bias=self.patch_bias, dtype=self.dtype, name="patch_embed"
+        )(images.astype(self.dtype))
         batch, num_patches, _ = tokens.shape
-        if self.position_embedding == "learned":
-            tokens = LearnedPositionEmbedding(num_patches, name="pos_embed")(tokens)
-        else:
+        if self.position_embedding == "sincos2d":
             grid = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
             tokens = tokens + jnp.asarray(sincos_2d_position_embedding(*grid, self.width), self.dtype)
 
@@ -79,6 +80,8 @@ class ViT(nn.Module):
             tokens = jnp.concatenate(
                 [jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.width)), tokens], axis=1
             )
+        if self.position_embedding == "learned":
+            tokens = LearnedPositionEmbedding(tokens.shape[1], name="pos_embed")(tokens)
         if self.ln_pre:
             tokens = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name="ln_pre")(tokens)
 

@@ -27,10 +27,12 @@ class PatchEmbed(nn.Module):
     Attributes:
       patch_size: p, the side of a square patch.
       width: the token width D.
+      use_bias: add a bias to the projection (OpenAI's CLIP has none).
     """
 
     patch_size: int
     width: int
+    use_bias: bool = True
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -51,6 +53,7 @@ class PatchEmbed(nn.Module):
             kernel_size=(p, p),
             strides=(p, p),
             padding="VALID",
+            use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="conv",

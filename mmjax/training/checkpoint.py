@@ -37,6 +37,13 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, enable_async_checkpointing=async_save, create=True
             ),
+            # Naming the handlers up front lets a fresh manager read a checkpoint's metadata
+            # (shapes, for the compatibility check) before anything is restored.
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
@@ -69,6 +76,8 @@ class Checkpointer:
     def saved_state_shapes(self, step: int) -> dict[str, tuple]:
         """{"params/a/b/kernel": shape} of the state saved at `step` (from metadata, no arrays read)."""
         metadata = self.manager.item_metadata(step)["state"]
+        if metadata is None:
+            raise FileNotFoundError(f"checkpoint {step} in {self.directory} has no readable state")
         return {
             _path_name(path): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_leaves_with_path(metadata)

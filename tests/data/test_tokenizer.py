@@ -19,7 +19,7 @@ CORPUS = [
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     path = tmp_path_factory.mktemp("tok") / "tok.model"
-    return train_tokenizer(CORPUS, vocab_size=64, path=path), path
+    return train_tokenizer(CORPUS, vocab_size=100, path=path), path
 
 
 def test_round_trip_and_eos(tokenizer):
@@ -33,17 +33,19 @@ def test_round_trip_and_eos(tokenizer):
 def test_batch_is_padded_and_truncated_keeping_eos(tokenizer):
     tok, _ = tokenizer
     texts = [CORPUS[0], CORPUS[0] + " and " + CORPUS[1] + " and " + CORPUS[2]]
-    ids = tok.encode_batch(texts, max_len=12)
-    assert ids.shape == (2, 12) and ids.dtype == np.int32
     n = len(tok.encode(texts[0]))
+    max_len = n + 3
+    ids = tok.encode_batch(texts, max_len=max_len)
+    assert ids.shape == (2, max_len) and ids.dtype == np.int32
     assert (ids[0, n:] == PAD_ID).all() and ids[0, n - 1] == EOS_ID
-    assert len(tok.encode(texts[1])) > 12 and ids[1, -1] == EOS_ID and PAD_ID not in ids[1]
+    assert len(tok.encode(texts[1])) > max_len and ids[1, -1] == EOS_ID and PAD_ID not in ids[1]
+    np.testing.assert_array_equal(ids[1, :-1], tok.encode(texts[1])[: max_len - 1])
 
 
 def test_saved_model_loads_identically_and_training_is_deterministic(tokenizer, tmp_path):
     tok, path = tokenizer
     loaded = Tokenizer.load(path)
-    again = train_tokenizer(CORPUS, vocab_size=64)
+    again = train_tokenizer(CORPUS, vocab_size=100)
     for text in CORPUS[:10]:
         assert loaded.encode(text) == tok.encode(text) == again.encode(text)
     assert not [f for f in os.listdir(os.path.dirname(path)) if f != "tok.model"]  # no temp files

@@ -24,7 +24,7 @@ def tiny_config(data_dir, num_steps=6, **overrides):
 
     config = get_config()
     config.data.data_dir = str(data_dir)
-    config.data.image_size = 32
+    config.data.image_size = 48
     config.data.num_train = 64
     config.data.num_validation = 8
     config.data.num_test = 24
@@ -84,22 +84,28 @@ def test_interrupted_run_resumes_bit_identically(data_dir, tmp_path):
     # Resuming with another model names the first mismatched parameter and both shapes.
     wider = tiny_config(data_dir)
     wider.model.image.width = 48
-    with pytest.raises(ValueError, match=r"parameter params/image_encoder/.* has shape \(.*\) in the checkpoint but \(.*48.*\)"):
+    with pytest.raises(ValueError, match=r"parameter params/image_encoder/\S+ has shape \(1, 2, 16\) in the checkpoint but \(1, 2, 24\)"):
         train_and_evaluate(wider, interrupted)
 
 
-def test_eval_without_dataset_says_how_to_build_it(tmp_path):
-    config = tiny_config(tmp_path / "nodata")
-    workdir = tmp_path / "run"
-    os.makedirs(workdir / "checkpoints" / "1")
-    with pytest.raises(FileNotFoundError):
-        evaluate_checkpoint(config, str(tmp_path / "empty_run"))
-    config.data.data_dir = str(tmp_path / "nodata")
+def test_eval_without_checkpoint_or_dataset_says_what_to_do(data_dir, tmp_path):
+    config = tiny_config(data_dir)
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .* train first with `python train.py"):
+        evaluate_checkpoint(config, str(tmp_path / "never_trained"))
+
+    workdir = str(tmp_path / "trained")
+    train_and_evaluate(config, workdir, stop_after=1)
+    config.data.data_dir = str(tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match=r"(?s)is not built in .*elsewhere.*python -m mmjax.data.build_shapes --data_dir \S*elsewhere --config 48"):
+        evaluate_checkpoint(config, workdir)
 
 
 def test_short_run_beats_chance_by_a_wide_margin(data_dir, tmp_path):
     """120 steps of a tiny CLIP on 512 scenes: in-batch and test retrieval far above chance."""
     config = tiny_config(data_dir, num_steps=120)
+    config.model.image.update(width=64, depth=2, num_heads=4, mlp_dim=256)
+    config.model.text.update(width=64, num_heads=4, mlp_dim=256)
+    config.model.embed_dim = 64
     config.data.num_train = 512
     config.data.num_test = 64
     config.batch_size = 32
