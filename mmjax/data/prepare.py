@@ -44,8 +44,14 @@ class ShapesData:
         return load_split(self.data_dir, self.image_size, name, **self.variant)
 
 
-def prepare_shapes(data_config: Any, build_if_missing: bool = True) -> ShapesData:
-    """Builds (if allowed and missing) and opens the `shapes` dataset and its tokenizer."""
+def prepare_shapes(
+    data_config: Any, build_if_missing: bool = True, tokenizer_path: str | None = None
+) -> ShapesData:
+    """Builds (if allowed and missing) and opens the `shapes` dataset and its tokenizer.
+
+    `tokenizer_path` overrides the dataset's tokenizer: a run evaluates and resumes with the
+    tokenizer it was trained with (the copy in its run folder), whatever the data folder holds now.
+    """
     variant = {k: data_config[k] for k in _VARIANT_FIELDS if k in data_config}
     data_dir = os.path.abspath(data_config.data_dir)
     if build_if_missing:
@@ -55,7 +61,8 @@ def prepare_shapes(data_config: Any, build_if_missing: bool = True) -> ShapesDat
     builder = make_builder(data_dir, data_config.image_size, **variant)
     train = load_split(data_dir, data_config.image_size, "train", **variant)
 
-    tokenizer_path = os.path.join(os.fspath(builder.data_path), f"tokenizer_{data_config.vocab_size}.model")
+    if tokenizer_path is None:
+        tokenizer_path = os.path.join(os.fspath(builder.data_path), f"tokenizer_{data_config.vocab_size}.model")
     if not os.path.exists(tokenizer_path):
         if jax.process_index() == 0:
             n = min(len(train), _TOKENIZER_EXAMPLES)

@@ -114,13 +114,15 @@ def train_tokenizer(
     `hard_vocab_limit=False` lets a small corpus end with fewer pieces than `vocab_size`.
     """
     model = io.BytesIO()
+    spm.set_random_generator_seed(0)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(list(sentences)),
         model_writer=model,
         vocab_size=vocab_size,
         hard_vocab_limit=False,
         model_type=model_type,
-        num_threads=1,  # deterministic: the same corpus gives the same model
+        num_threads=1,  # with the fixed seed and no shuffling: the same corpus, the same model
+        shuffle_input_sentence=False,
         character_coverage=1.0,
         pad_id=PAD_ID,
         unk_id=UNK_ID,

@@ -54,15 +54,14 @@ def _batched_apply(fn: Callable, inputs: np.ndarray, batch_size: int) -> np.ndar
     return np.concatenate(outputs)
 
 
-def embed_split(task: Any, params: Any, source, tokenizer, text_len: int, batch_size: int = 256,
-                num_threads: int = 2, show_progress: bool = True) -> dict[str, Any]:
-    """Embeds every image and caption of `source`.
+def embed_split(encode_images: Callable, encode_texts: Callable, source, tokenizer, text_len: int,
+                batch_size: int = 256, num_threads: int = 2, show_progress: bool = True) -> dict[str, Any]:
+    """Embeds every image and caption of `source` with the given (jitted) encoders.
 
+    `encode_images(uint8 [b, H, W, 3]) -> [b, d]`, `encode_texts(int32 [b, text_len]) -> [b, d]`.
     Returns image_embeddings [n, d], text_embeddings [n·c, d] (captions of image i are rows
     i·c .. i·c + c − 1), scene_keys [n], labels [n], captions [n·c] (str), images uint8 [n, H, W, 3].
     """
-    encode_images = jax.jit(task.encode_images)
-    encode_texts = jax.jit(task.encode_texts)
 
     def transform(example):
         captions = [c.decode("utf-8") if isinstance(c, bytes) else c for c in example["captions"]]
@@ -84,8 +83,8 @@ def embed_split(task: Any, params: Any, source, tokenizer, text_len: int, batch_
     n, captions_per_image = data["token_ids"].shape[:2]
     token_ids = data["token_ids"].reshape(n * captions_per_image, -1)
     return {
-        "image_embeddings": _batched_apply(lambda x: encode_images(params, x), data["images"], batch_size),
-        "text_embeddings": _batched_apply(lambda x: encode_texts(params, x), token_ids, batch_size),
+        "image_embeddings": _batched_apply(encode_images, data["images"], batch_size),
+        "text_embeddings": _batched_apply(encode_texts, token_ids, batch_size),
         "scene_keys": np.asarray([_str(k) for k in data["scene_key"]]),
         "labels": data["label"],
         "captions": np.asarray([_str(c) for c in data["captions"].reshape(-1)]),
@@ -98,12 +97,12 @@ def _str(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def class_embeddings(task: Any, params: Any, class_names: list[str], tokenizer, text_len: int,
-                     templates: tuple[str, ...] = PROMPT_TEMPLATES) -> np.ndarray:
+def class_embeddings(encode_texts: Callable, class_names: list[str], tokenizer, text_len: int,
+                     templates: tuple[str, ...] = PROMPT_TEMPLATES, batch_size: int = 256) -> np.ndarray:
     """[num_classes, d]: prompt-ensembled, unit-norm text embeddings of every class name."""
     prompts = [template.format(name) for name in class_names for template in templates]
     token_ids = tokenizer.encode_batch(prompts, text_len)
-    embeddings = _batched_apply(lambda x: jax.jit(task.encode_texts)(params, x), token_ids, 256)
+    embeddings = _batched_apply(encode_texts, token_ids, batch_size)
     return class_embeddings_from_prompts(embeddings.reshape(len(class_names), len(templates), -1))
 
 
@@ -114,8 +113,13 @@ def evaluate_clip(task: Any, params: Any, data: Any, config: Any, split: str = "
     Returns a dict of floats (and, with `return_details`, the embeddings and captions used, for
     the example grids).
     """
-    embedded = embed_split(task, params, data.split(split), data.tokenizer, config.data.text_len,
-                           batch_size=config.eval.batch_size, num_threads=config.data.num_threads)
+    # Compile each encoder once, with the parameters closed over as arguments (not constants).
+    image_fn, text_fn = jax.jit(task.encode_images), jax.jit(task.encode_texts)
+    encode_images = lambda images: image_fn(params, images)  # noqa: E731
+    encode_texts = lambda token_ids: text_fn(params, token_ids)  # noqa: E731
+    embedded = embed_split(encode_images, encode_texts, data.split(split), data.tokenizer,
+                           config.data.text_len, batch_size=config.eval.batch_size,
+                           num_threads=config.data.num_threads)
     c = embedded["captions_per_image"]
     image_groups, text_groups = group_ids(embedded["scene_keys"], np.repeat(embedded["scene_keys"], c))
     results = image_text_retrieval(
@@ -123,8 +127,8 @@ def evaluate_clip(task: Any, params: Any, data: Any, config: Any, split: str = "
     )
     zero_shot = zero_shot_accuracy(
         embedded["image_embeddings"],
-        class_embeddings(task, params, data.class_names, data.tokenizer, config.data.text_len,
-                         tuple(config.eval.prompt_templates)),
+        class_embeddings(encode_texts, data.class_names, data.tokenizer, config.data.text_len,
+                         tuple(config.eval.prompt_templates), batch_size=config.eval.batch_size),
         embedded["labels"],
         ks=(1, 5),
     )

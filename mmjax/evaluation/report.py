@@ -183,7 +183,10 @@ def plot_training_curves(metrics_jsonl_path: str, out_png: str) -> str:
             steps, values = series[key]
             if key == "loss":
                 line, = axes.plot(steps, values, alpha=0.3, linewidth=1)
-                axes.plot(steps, _ema(values), color=line.get_color(), linewidth=2, label="train")
+                # Smooth only long curves: a few logged points are already averages over many steps,
+                # and an EMA over them would lag visibly behind the data.
+                smoothing = float(np.clip(1.0 - 10.0 / len(values), 0.0, 0.9))
+                axes.plot(steps, _ema(values, smoothing), color=line.get_color(), linewidth=2, label="train")
             elif key.startswith("eval/"):
                 axes.plot(steps, values, marker="o", markersize=4, label=key.removeprefix("eval/"))
             else:

@@ -57,9 +57,11 @@ def train_and_evaluate(
             f.write(config_to_json(config))
 
     # --- Data: build the dataset and tokenizer if missing, then the training iterator -----------
-    data = prepare_shapes(config.data)
-    if is_main:
-        shutil.copyfile(data.tokenizer_path, os.path.join(workdir, "tokenizer.model"))
+    # A run keeps its tokenizer in the run folder: a resumed run reads text exactly as before.
+    run_tokenizer = os.path.join(workdir, "tokenizer.model")
+    data = prepare_shapes(config.data, tokenizer_path=run_tokenizer if os.path.exists(run_tokenizer) else None)
+    if is_main and data.tokenizer_path != run_tokenizer:
+        shutil.copyfile(data.tokenizer_path, run_tokenizer)
     if data.tokenizer.vocab_size > config.model.text.vocab_size:
         raise ValueError(
             f"the tokenizer has {data.tokenizer.vocab_size} pieces but config.model.text.vocab_size "
