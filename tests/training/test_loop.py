@@ -50,36 +50,45 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
 
 
-def saved_params(workdir, config):
+def saved_params(workdir, config, step=None):
     mesh = shd.make_mesh(config.mesh.data)
     _, _, _, abstract_state, _ = setup_training(config, mesh)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    state = checkpointer.restore(abstract_state, data_iterator=None)
+    state = checkpointer.restore(abstract_state, data_iterator=None, step=step)
     checkpointer.close()
     return jax.device_get(state)
 
 
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_interrupted_run_resumes_bit_identically(data_dir, tmp_path):
     config = tiny_config(data_dir)
-    results = train_and_evaluate(config, str(tmp_path / "straight"))
+    # The uninterrupted run saves asynchronously every 2 steps while training goes on with the
+    # donated state: the saved step-4 state must still be exactly the step-4 state.
+    config.checkpoint_every = 2
+    straight = str(tmp_path / "straight")
+    results = train_and_evaluate(config, straight)
     assert results is not None and 0.0 <= results["i2t_r1"] <= 1.0
 
     interrupted = str(tmp_path / "interrupted")
-    assert train_and_evaluate(config, interrupted, stop_after=3) is None
-    assert Checkpointer(os.path.join(interrupted, "checkpoints")).latest_step() == 3
-    train_and_evaluate(config, interrupted)  # resumes from step 3
+    assert train_and_evaluate(config, interrupted, stop_after=4) is None
+    assert Checkpointer(os.path.join(interrupted, "checkpoints")).latest_step() == 4
+    assert_trees_equal(saved_params(straight, config, step=4), saved_params(interrupted, config, step=4))
+    train_and_evaluate(config, interrupted)  # resumes from step 4
 
-    a, b = saved_params(str(tmp_path / "straight"), config), saved_params(interrupted, config)
+    a, b = saved_params(straight, config), saved_params(interrupted, config)
     assert int(a.step) == int(b.step) == 6
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(x, y)  # bit-identical: same data order, same updates
+    assert_trees_equal(a, b)  # bit-identical: same data order, same updates
 
     # The run folder has everything a user looks for.
     for name in ("config.json", "metrics.jsonl", "results.json", "loss_curve.png", "tokenizer.model",
                  "retrieval_image_to_text.png", "retrieval_text_to_image.png", "tensorboard"):
         assert os.path.exists(os.path.join(interrupted, name)), name
     rows = [json.loads(line) for line in open(os.path.join(interrupted, "metrics.jsonl"))]
-    assert {r["step"] for r in rows if "loss" in r} == {2, 3, 4, 6}
+    assert {r["step"] for r in rows if "loss" in r} == {2, 4, 6}
 
     # Resuming with another model names the first mismatched parameter and both shapes.
     wider = tiny_config(data_dir)
