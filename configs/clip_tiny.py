@@ -10,6 +10,8 @@ retrieves the right scene among 1000 test scenes (see the README's results table
 import jax
 import ml_collections
 
+from mmjax.training.tasks import ContrastiveTask
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -33,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.flip_probability = 0.5
     # Loader threads (batches are prepared while the device computes).
     config.data.num_threads = 1
+
+    # What is learned: the model, its loss, its preprocessing and its evaluation.
+    config.task = ContrastiveTask
 
     config.model = ml_collections.ConfigDict()
     # Width of the shared image-text embedding space.

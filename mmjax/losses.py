@@ -111,7 +111,7 @@ def masked_softmax_cross_entropy(
     else:
         cross_entropy = nll
 
-    # weighted means; an all-zero weight vector gives 0 (the inner `where` keeps the gradient finite)
+    # weighted means; all-zero weights give 0 (the inner `where` keeps the gradient finite)
     weight_sum = jnp.sum(weights)
     has_targets = weight_sum > 0
     safe_weight_sum = jnp.where(has_targets, weight_sum, 1.0)
@@ -205,8 +205,8 @@ def itm_loss(
 ) -> tuple[Array, dict[str, Array]]:
     """Image-text matching: binary cross-entropy, written as a 2-way softmax cross-entropy.
 
-    Class 1 is "the text describes the image", class 0 is "it does not". With p_n = softmax(logits_n)
-    and weights w_n (all 1 when `weights` is None):
+    Class 1 is "the text describes the image", class 0 is "it does not". With
+    p_n = softmax(logits_n) and weights w_n (all 1 when `weights` is None):
 
         loss = -Σ_n w_n log p_n[y_n] / Σ_n w_n        (0 when Σ_n w_n = 0)
 

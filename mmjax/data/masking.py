@@ -41,7 +41,8 @@ def mask_tokens(
 
     so E[k] = n · mask_probability exactly whenever n · mask_probability >= 1 (stochastic
     rounding, not the upward bias of rounding a short text's 0.45 up to 1 every time), and a text
-    with any maskable token always has at least one target. The k positions are drawn uniformly
+    with any maskable token always has at least one target (unless mask_probability is 0). Texts
+    shorter than 1 / mask_probability are thus masked at a higher rate: 1 / n. The k positions are drawn uniformly
     without replacement among the maskable ones.
 
     How: each chosen position independently becomes `mask_id` with probability
@@ -67,29 +68,34 @@ def mask_tokens(
     """
     if not 0.0 <= mask_probability <= 1.0:
         raise ValueError(f"mask_probability must be in [0, 1], got {mask_probability}")
-    if min(replace_with_mask, replace_with_random) < 0 or replace_with_mask + replace_with_random > 1:
+    replace_probability = replace_with_mask + replace_with_random
+    if min(replace_with_mask, replace_with_random) < 0 or replace_probability > 1:
         raise ValueError(
             "replace_with_mask and replace_with_random must be >= 0 and sum to at most 1, got "
             f"{replace_with_mask} and {replace_with_random}"
         )
     token_ids = np.asarray(token_ids)
+    if token_ids.ndim != 1:
+        raise ValueError(f"mask_tokens masks one text at a time: expected [L], got {token_ids.shape}")
     excluded_ids = np.union1d(np.asarray(list(special_ids), np.int64), [mask_id])
 
     # choose k of the n maskable positions, k = max(1, floor(n·p + u)) (see the docstring)
     maskable = np.flatnonzero(~np.isin(token_ids, excluded_ids))
     num_maskable = len(maskable)
     num_chosen = int(np.floor(num_maskable * mask_probability + rng.random()))
-    num_chosen = min(num_maskable, max(num_chosen, 1)) if num_maskable else 0
+    if num_maskable and mask_probability > 0:
+        num_chosen = min(num_maskable, max(num_chosen, 1))
     chosen = rng.choice(maskable, size=num_chosen, replace=False)
 
     # decide each chosen position's fate: mask token, random ordinary token, or unchanged
     fate = rng.random(num_chosen)
     to_mask = chosen[fate < replace_with_mask]
-    to_random = chosen[(fate >= replace_with_mask) & (fate < replace_with_mask + replace_with_random)]
+    to_random = chosen[(fate >= replace_with_mask) & (fate < replace_probability)]
 
     input_ids = token_ids.copy()
     input_ids[to_mask] = mask_id
-    input_ids[to_random] = _random_ordinary_ids(rng, len(to_random), vocab_size, excluded_ids)
+    if replace_with_random > 0:
+        input_ids[to_random] = _random_ordinary_ids(rng, len(to_random), vocab_size, excluded_ids)
     loss_mask = np.zeros(token_ids.shape, bool)
     loss_mask[chosen] = True
     return input_ids, token_ids.copy(), loss_mask
@@ -106,8 +112,8 @@ def _random_ordinary_ids(
     """
     excluded_ids = excluded_ids[(excluded_ids >= 0) & (excluded_ids < vocab_size)]
     num_ordinary = vocab_size - len(excluded_ids)
-    if count and num_ordinary <= 0:
-        raise ValueError(f"no ordinary token ids left in [0, {vocab_size}) to draw replacements from")
-    rank = rng.integers(0, max(num_ordinary, 1), size=count)
+    if num_ordinary <= 0:
+        raise ValueError(f"no ordinary token ids in [0, {vocab_size}) to draw replacements from")
+    rank = rng.integers(0, num_ordinary, size=count)
     ordinary_below = excluded_ids - np.arange(len(excluded_ids))
     return rank + np.searchsorted(ordinary_below, rank, side="right")

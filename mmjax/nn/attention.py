@@ -23,6 +23,21 @@ Numerics, and why:
   max-subtraction of softmax would give NaN.
 - A row whose every key is masked (a padding query, say) has no meaningful softmax; it returns
   zeros, and its gradient is zero rather than NaN, so padding can never poison a batch.
+
+Autoregressive decoding with a key/value cache (`MultiHeadAttention(..., decode=True)`):
+generating token t with a causal model only needs token t's query against the keys and values of
+tokens 0..t. Those of tokens 0..t-1 do not change from one step to the next (causality: an
+earlier token never sees a later one), so they are computed once and kept in a cache:
+
+    cached_key, cached_value: [batch, max_len, heads, head_dim]   cache_index: int32 scalar
+
+Each decode call projects only the new token(s), writes their key/value at `cache_index`, attends
+over the whole cache with key j visible to the query at position p iff j <= p, and advances the
+index. Without the cache, step t re-runs the model over the whole prefix: O(t·width²) projections
+plus O(t²·width) attention, so O(n³·width) over a caption of n tokens. With it, step t costs
+O(width²) for the new token's projections plus O(max_len·width) to read the cache, O(n) per
+token. The cache has a fixed length so every step has the same shapes and jit compiles the step
+once; positions past `cache_index` hold zeros and are masked out.
 """
 
 from __future__ import annotations
@@ -179,6 +194,33 @@ class MultiHeadAttention(nn.Module):
     Call with `inputs_q` [batch, q_len, width_q] and optionally `inputs_kv` [batch, kv_len, width_kv]
     (cross-attention); without `inputs_kv` it is self-attention. Returns [batch, q_len, out_width].
 
+    Decoding (`decode=True`, self-attention only) keeps keys and values in the `cache` collection
+    (`cached_key`, `cached_value`: [batch, max_len, heads, head_dim]; `cache_index`: int32):
+
+    - `init(..., decode=True)` on a [batch, max_len, width] input creates the cache (zeros, index 0)
+      with the shapes of that input; the init forward pass itself is an ordinary causal pass. The
+      parameters are the same as those of an init with `decode=False`.
+    - `apply({'params': p, 'cache': c}, x_new, decode=True, mutable=['cache'])` with `x_new`
+      [batch, n_new, width] (one token per step, or a prompt chunk) writes the new keys/values at
+      `cache_index`, attends causally over the cache and returns (out, {'cache': updated}).
+    - A decode call is always causal: the query at absolute position p sees cache positions
+      <= p. `mask` and `bias`, if given, must broadcast to [batch, heads, n_new, max_len] (a
+      key-padding mask over the cache, say) and are combined with that causal rule.
+    - Writing past `max_len` is not checked (it cannot be under jit): `dynamic_update_slice`
+      clamps the write position and would overwrite the last entries. Stop at `max_len` tokens.
+    - Cross-attention has no cache (`decode=True` with `inputs_kv` is an error): its keys and
+      values come from the fixed context, and callers recompute them each step (see
+      `CrossAttentionBlock`).
+
+    Example:
+      >>> mha = MultiHeadAttention(num_heads=2)
+      >>> variables = mha.init(jax.random.key(0), jnp.zeros((1, 8, 16)), decode=True)
+      >>> variables['cache']['cached_key'].shape
+      (1, 8, 2, 8)
+      >>> out, updated = mha.apply(variables, jnp.ones((1, 1, 16)), decode=True, mutable=['cache'])
+      >>> out.shape, int(updated['cache']['cache_index'])
+      ((1, 1, 16), 1)
+
     Attributes:
       num_heads: number of heads h.
       head_dim: per-head width d; defaults to width_q // num_heads.
@@ -208,7 +250,13 @@ class MultiHeadAttention(nn.Module):
         mask: Array | None = None,
         bias: Array | None = None,
         deterministic: bool = True,
+        decode: bool = False,
     ) -> Array:
+        if decode and inputs_kv is not None:
+            raise ValueError(
+                "decode=True caches self-attention keys/values; cross-attention (inputs_kv given) "
+                "has no cache: call it with decode=False"
+            )
         if inputs_kv is None:
             inputs_kv = inputs_q
         width = inputs_q.shape[-1]
@@ -230,6 +278,11 @@ class MultiHeadAttention(nn.Module):
         query = dense("query")(inputs_q)
         key = dense("key")(inputs_kv)
         value = dense("value")(inputs_kv)
+
+        if decode:
+            # Keys/values become the whole cache [batch, max_len, ...]; the mask adds causality.
+            key, value, cache_mask = self._append_to_cache(key, value)
+            mask = combine_masks(mask, cache_mask)
 
         if self.use_fused and (deterministic or self.dropout_rate == 0.0):
             out = fused_dot_product_attention(query, key, value, mask=mask, bias=bias)
@@ -257,3 +310,55 @@ class MultiHeadAttention(nn.Module):
             kernel_init=self.kernel_init,
             name="out",
         )(out)
+
+    def _append_to_cache(self, key: Array, value: Array) -> tuple[Array, Array, Array]:
+        """Writes the new keys/values into the cache and returns (keys, values, mask) to attend.
+
+        Args:
+          key, value: [batch, n_new, heads, head_dim], for the positions cache_index ..
+            cache_index + n_new - 1.
+
+        Returns:
+          The cached keys and values [batch, max_len, heads, head_dim] including the new ones, and
+          the causal mask [1, 1, n_new, max_len] of the new queries over the cache.
+        """
+        cache_exists = self.has_variable("cache", "cached_key")
+        if not cache_exists and not self.is_initializing():
+            raise ValueError(
+                "decode=True needs a cache: create it with init(..., decode=True) on a "
+                "[batch, max_len, width] input and pass it to apply with mutable=['cache']"
+            )
+        # At init these create the cache with the shape of the (full-length) input.
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+
+        batch, max_len, heads, head_dim = cached_key.value.shape
+        num_new = key.shape[1]
+        fits = (key.shape[0], key.shape[2], key.shape[3]) == (batch, heads, head_dim)
+        if not fits or num_new > max_len:
+            raise ValueError(
+                f"new keys {key.shape} do not fit the cache {cached_key.value.shape}: expected "
+                f"[{batch}, n_new <= {max_len}, {heads}, {head_dim}]"
+            )
+
+        # The new query i sits at absolute position cache_index + i and sees cache slots j <= it.
+        index = cache_index.value
+        query_positions = index + jnp.arange(num_new, dtype=index.dtype)
+        mask = jnp.arange(max_len, dtype=index.dtype)[None, :] <= query_positions[:, None]
+
+        if cache_exists:
+            # Write at cache_index along the length axis; shapes stay static.
+            zero = jnp.zeros((), index.dtype)
+            start = (zero, index, zero, zero)
+            cached_key.value = jax.lax.dynamic_update_slice(
+                cached_key.value, key.astype(cached_key.value.dtype), start
+            )
+            cached_value.value = jax.lax.dynamic_update_slice(
+                cached_value.value, value.astype(cached_value.value.dtype), start
+            )
+            cache_index.value = index + num_new
+            key, value = cached_key.value, cached_value.value
+        # else: initializing. The input spans the whole cache from index 0, so the mask above is
+        # the plain causal mask and the empty cache is returned to the caller unchanged.
+        return key, value, mask[None, None]

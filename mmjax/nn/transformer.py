@@ -14,6 +14,17 @@ and its parameters are stacked along a leading `layers` axis ([depth, ...]), so 
 not grow with depth (a ViT-B/16 step compiles in seconds instead of minutes). With `remat=True`
 each block's activations are recomputed in the backward pass instead of stored, trading about a
 third more compute for activation memory that no longer grows with depth.
+
+A cross-attention block adds a second attention between the two, in which text tokens read
+image tokens (the ALBEF fusion layer; the transformer decoder layer of CoCa and of Vaswani et al.):
+
+    x = x + SelfAttention(LN(x))               # text ↔ text; causal for a decoder
+    x = x + CrossAttention(LN(x), context)     # queries from the text, keys/values from the image
+    x = x + MLP(LN(x))
+
+`CrossAttentionStack` scans `depth` of them like `Encoder`. With `causal=True` and
+`decode=True` it generates one token at a time against a key/value cache (see
+`MultiHeadAttention`); the cache is scanned like the parameters, one slice per layer.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.nn.attention import MultiHeadAttention
+from mmjax.nn.attention import MultiHeadAttention, combine_masks, make_causal_mask
 
 Array = jax.Array
 
@@ -160,6 +171,219 @@ class Encoder(nn.Module):
             block_cls = nn.remat(EncoderBlock, static_argnums=(3,)) if self.remat else EncoderBlock
             for i in range(self.depth):
                 x = block_cls(**block_kwargs, name=f"block_{i}")(x, mask, deterministic)
+        return nn.LayerNorm(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final"
+        )(x)
+
+
+def _check_mask(name: str, mask: Array | None) -> None:
+    """A 2-D validity vector would broadcast against the wrong axes; insist on 4-D masks."""
+    if mask is not None and mask.ndim != 4:
+        raise ValueError(
+            f"{name} must be broadcastable to [batch, heads, q_len, kv_len] (4-D), got shape "
+            f"{mask.shape}; for per-token validity [batch, kv_len] pass valid[:, None, None, :]"
+        )
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-LN block with self-attention, cross-attention to a context, and an MLP.
+
+        x = x + SelfAttn(LN(x), mask = self_mask [∧ causal])
+        x = x + CrossAttn(LN(x), context, mask = context_mask)
+        x = x + MLP(LN(x))
+
+    Shapes: x [batch, seq, width] (text tokens) and context [batch, ctx_len, ctx_width] (image
+    tokens; ctx_width may differ from width, the key/value projections map it to the heads).
+    Returns [batch, seq, width]. The context is used as given: pass it already normalised (the
+    final LayerNorm of the image tower), as both ALBEF and CoCa do.
+
+    One block serves two models: `causal=False` is ALBEF's fusion layer (every text token sees
+    the whole caption), `causal=True` is the decoder layer of a captioner (token i sees tokens
+    <= i, so it can be trained with teacher forcing and sampled left to right).
+
+    Args (of `__call__`):
+      x: [batch, seq, width].
+      context: [batch, ctx_len, ctx_width].
+      self_mask: optional bool, broadcastable to [batch, heads, seq, seq] (text padding, e.g.
+        `make_padding_mask(text_valid)`); the causal mask is added by the block itself.
+      context_mask: optional bool, broadcastable to [batch, heads, seq, ctx_len]; True = the
+        image token may be read. For per-token validity use `image_valid[:, None, None, :]`.
+      deterministic: disables dropout.
+      decode: autoregressive decoding with the self-attention key/value cache (`causal=True`
+        only). `x` is then the new token(s) [batch, n_new, width]; `self_mask`, if any, must
+        broadcast to [batch, heads, n_new, max_len]. The cross-attention is not cached: the
+        keys/values of the image tokens are recomputed at every step. That keeps the cache a
+        function of the text alone (one image batch cannot leave stale keys behind for the next)
+        at a price of 4·ctx_len·ctx_width·width flops per layer and step, which grows with the
+        number of image tokens; a generation loop that needs that time back can hold the
+        projected context in the cache instead.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    causal: bool = False
+    activation: Callable[[Array], Array] = gelu
+    dropout_rate: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+    use_fused_attention: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        context: Array,
+        self_mask: Array | None = None,
+        context_mask: Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> Array:
+        if decode and not self.causal:
+            raise ValueError(
+                "decode=True needs causal=True: in a bidirectional block every output depends on "
+                "tokens that have not been generated yet"
+            )
+        _check_mask("self_mask", self_mask)
+        _check_mask("context_mask", context_mask)
+        norm = functools.partial(
+            nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        attention = functools.partial(
+            MultiHeadAttention,
+            num_heads=self.num_heads,
+            dropout_rate=self.dropout_rate,
+            use_fused=self.use_fused_attention,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+        def residual(x: Array, h: Array) -> Array:
+            return x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+
+        # Self-attention among the text tokens. When decoding, the cache applies causality itself
+        # (the new tokens are not at positions 0..n_new-1).
+        if self.causal and not decode:
+            self_mask = combine_masks(make_causal_mask(x.shape[1]), self_mask)
+        h = attention(name="self_attn")(
+            norm(name="ln_self")(x), mask=self_mask, deterministic=deterministic, decode=decode
+        )
+        x = residual(x, h)
+
+        # Cross-attention: queries from the text, keys and values from the image tokens.
+        h = attention(name="cross_attn")(
+            norm(name="ln_cross")(x), context, mask=context_mask, deterministic=deterministic
+        )
+        x = residual(x, h)
+
+        # Position-wise MLP.
+        h = MlpBlock(
+            self.mlp_dim,
+            activation=self.activation,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="mlp",
+        )(norm(name="ln_mlp")(x), deterministic=deterministic)
+        return residual(x, h)
+
+
+class _ScannedCrossAttentionBlock(CrossAttentionBlock):
+    """CrossAttentionBlock with the (carry, per-step output) signature that `nn.scan` expects."""
+
+    @nn.compact
+    def __call__(self, x, context, self_mask, context_mask, deterministic, decode):  # type: ignore[override]
+        return super().__call__(x, context, self_mask, context_mask, deterministic, decode), None
+
+
+class CrossAttentionStack(nn.Module):
+    """`depth` CrossAttentionBlocks and a final LayerNorm: [batch, seq, width] -> same.
+
+    Called as `stack(x, context, self_mask, context_mask, deterministic, decode)` with the
+    shapes of `CrossAttentionBlock`. With `scan=True` the parameters of all blocks are stacked on
+    a leading [depth] axis (`blocks/...`), and so is the decoding cache: `cached_key` and
+    `cached_value` are [depth, batch, max_len, heads, head_dim], `cache_index` is [depth].
+
+    Decoding (requires `causal=True`):
+
+      >>> stack = CrossAttentionStack(depth=2, num_heads=2, mlp_dim=32, causal=True)
+      >>> image_tokens = jnp.zeros((1, 5, 16))
+      >>> # The cache takes its [batch, max_len] from the dummy text passed to init.
+      >>> variables = stack.init(jax.random.key(0), jnp.zeros((1, 8, 16)), image_tokens, decode=True)
+      >>> params, cache = variables['params'], variables['cache']
+      >>> @jax.jit
+      ... def step(params, cache, token, image_tokens):
+      ...     out, updated = stack.apply(
+      ...         {'params': params, 'cache': cache}, token, image_tokens, decode=True, mutable=['cache']
+      ...     )
+      ...     return out, updated['cache']
+      >>> out, cache = step(params, cache, jnp.ones((1, 1, 16)), image_tokens)
+      >>> out.shape, cache['blocks']['self_attn']['cache_index'].tolist()
+      ((1, 1, 16), [1, 1])
+
+    Attributes:
+      depth: number of blocks.
+      num_heads, mlp_dim, causal, activation, dropout_rate: per block.
+      scan: stack the blocks with `nn.scan`; off, they are named `block_0`, `block_1`, ...
+      remat: recompute block activations in the backward pass (saves memory, costs compute).
+    """
+
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    causal: bool = False
+    activation: Callable[[Array], Array] = gelu
+    dropout_rate: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+    use_fused_attention: bool = False
+    scan: bool = True
+    remat: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        context: Array,
+        self_mask: Array | None = None,
+        context_mask: Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> Array:
+        block_kwargs = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            causal=self.causal,
+            activation=self.activation,
+            dropout_rate=self.dropout_rate,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            use_fused_attention=self.use_fused_attention,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        args = (x, context, self_mask, context_mask, deterministic, decode)
+        if self.scan:
+            block_cls = _ScannedCrossAttentionBlock
+            if self.remat:
+                # argnums count `self`: 5 and 6 are `deterministic` and `decode`, Python bools.
+                block_cls = nn.remat(block_cls, prevent_cse=False, static_argnums=(5, 6))
+            stack = nn.scan(
+                block_cls,
+                # The decoding cache is per layer, so it is stacked and sliced like the params.
+                variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,) * 5,
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = stack(**block_kwargs, name="blocks")(*args)
+        else:
+            block_cls = CrossAttentionBlock
+            if self.remat:
+                block_cls = nn.remat(block_cls, static_argnums=(5, 6))
+            for i in range(self.depth):
+                x = block_cls(**block_kwargs, name=f"block_{i}")(x, *args[1:])
         return nn.LayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final"
         )(x)

@@ -8,7 +8,6 @@ from typing import Any
 import ml_collections
 
 from mmjax.data.prepare import prepare_shapes
-from mmjax.evaluation.clip_eval import evaluate_clip, write_artifacts
 from mmjax.training import sharding as shd
 from mmjax.training.checkpoint import Checkpointer
 from mmjax.training.setup import setup_training
@@ -30,7 +29,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     state = checkpointer.restore(abstract_state, data_iterator=None, step=step)
     checkpointer.close()
     print(f"Evaluating step {step} of {workdir} on shapes/{config.eval.split}.")
-    results, details = evaluate_clip(task, state.params, data, config, split=config.eval.split,
-                                     return_details=True)
-    write_artifacts(workdir, {"step": step, **results}, details, config)
+    results, details = task.evaluate(state.params, data, config, config.eval.split, return_details=True)
+    task.report(workdir, {"step": step, **results}, details, config)
     return results

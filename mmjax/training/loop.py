@@ -24,9 +24,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmjax.data.prepare import prepare_shapes
-from mmjax.data.pipeline import ContrastivePreprocess, make_train_loader
-from mmjax.evaluation.clip_eval import evaluate_clip, write_artifacts
-from mmjax.evaluation.report import format_table, plot_training_curves, write_results
+from mmjax.data.pipeline import make_train_loader
+from mmjax.evaluation.report import plot_training_curves
 from mmjax.training import sharding as shd
 from mmjax.training.checkpoint import Checkpointer
 from mmjax.training.metric_writer import MetricWriter
@@ -74,9 +73,7 @@ def train_and_evaluate(
     local_batch_size = config.batch_size // jax.process_count()
     train_iter = make_train_loader(
         data.split("train"),
-        ContrastivePreprocess(
-            data.tokenizer, config.data.text_len, config.data.flip_probability, data.mirror_text
-        ),
+        task.train_preprocess(data, config),
         batch_size=local_batch_size,
         seed=config.seed,
         process_index=jax.process_index(),
@@ -130,7 +127,7 @@ def train_and_evaluate(
             bar.set_postfix(loss=f"{summary['loss']:.3f}", lr=f"{summary['learning_rate']:.1e}")
 
         if config.eval_every and step % config.eval_every == 0 and step != config.num_steps:
-            results = evaluate_clip(task, state.params, data, config, split=config.eval.during_training_split)
+            results = task.evaluate(state.params, data, config, config.eval.during_training_split)
             writer.write(step, {f"eval/{k}": v for k, v in results.items()})
 
         if step % config.checkpoint_every == 0 or step == last_step:
@@ -143,12 +140,11 @@ def train_and_evaluate(
         return None
 
     # --- Evaluate and report ----------------------------------------------------------------------
-    results, details = evaluate_clip(task, state.params, data, config, split=config.eval.split,
-                                     return_details=True)
+    results, details = task.evaluate(state.params, data, config, config.eval.split, return_details=True)
     writer.write(config.num_steps, {f"eval/{k}": v for k, v in results.items()})
     writer.close()
     if is_main:
-        write_artifacts(workdir, results, details, config)
+        task.report(workdir, results, details, config)
         plot_training_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
     return results
 

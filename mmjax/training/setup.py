@@ -6,33 +6,30 @@ Kept apart from the loop so that tests, benchmarks and ahead-of-time compilation
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mmjax.models.clip import build_clip
 from mmjax.training import sharding as shd
 from mmjax.training.optimizer import make_optimizer, make_schedule
 from mmjax.training.state import create_train_state
 from mmjax.training.step import make_train_step
-from mmjax.training.tasks import ContrastiveTask
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:
     return config.to_json_best_effort(sort_keys=True, indent=2)
 
 
-def build_task(config: ml_collections.ConfigDict) -> ContrastiveTask:
-    return ContrastiveTask(build_clip(config.model))
-
-
-def example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes and dtypes of one batch (for initialisation and ahead-of-time compilation)."""
-    size = config.data.image_size
-    return {
-        "images": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
-        "token_ids": jax.ShapeDtypeStruct((batch_size, config.data.text_len), jnp.int32),
-    }
+def build_task(config: ml_collections.ConfigDict) -> Any:
+    """The task named by `config.task` (a class with `from_config`, e.g. ContrastiveTask)."""
+    if "task" not in config or not hasattr(config.task, "from_config"):
+        raise ValueError(
+            "config.task must name a task class, e.g. `config.task = ContrastiveTask` "
+            f"(from mmjax.training.tasks); got {config.get('task')!r}"
+        )
+    return config.task.from_config(config)
 
 
 def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -57,7 +54,7 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         grad_clip_norm=config.optimizer.grad_clip_norm,
     )
     shd.check_batch_size(config.batch_size, mesh)
-    batch_spec = example_batch(config, config.batch_size)
+    batch_spec = task.example_batch(config, config.batch_size)
 
     def init_fn_inner(rng):
         batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()}

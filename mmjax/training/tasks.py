@@ -1,24 +1,32 @@
-"""Tasks: what a model learns from a batch. The training loop is the same for every task.
+"""Tasks: what a model learns from a batch and how it is judged. The loop is the same for all.
 
-A task owns a model and turns a batch into a scalar loss and a dict of metrics:
+A task owns a model and everything specific to its objective; the loop, the sharding, the
+optimizer and the checkpoints never look inside:
 
-    task.init(rng, batch)                      -> params
-    task.loss(params, batch, rng, train=True)  -> (loss [], metrics {name: []})
+    Task.from_config(config)                     -> task          (config.task names the class)
+    task.example_batch(config, batch_size)       -> {name: ShapeDtypeStruct}   (init, compilation)
+    task.train_preprocess(data, config)          -> per-example (example, rng) -> arrays
+    task.init(rng, batch)                        -> params
+    task.loss(params, batch, rng, train=True)    -> (loss [], metrics {name: []})
+    task.evaluate(params, data, config, split)   -> {metric: float}  (+ details for the report)
+    task.report(workdir, results, details, config)  results table, results.json, example plots
 
-The loop, the sharding, the optimizer and the checkpoints never look inside. A new objective
-(image-text matching, captioning, VQA) is a new task, not a new trainer.
+A new objective (image-text matching, captioning, VQA) is a new task class, not a new trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from mmjax.data.pipeline import ContrastivePreprocess
+from mmjax.evaluation.clip_eval import evaluate_clip, write_artifacts
 from mmjax.losses import clip_loss
-from mmjax.models.clip import CLIP
+from mmjax.models.clip import CLIP, build_clip
 
 Array = jax.Array
 
@@ -40,6 +48,24 @@ class ContrastiveTask:
     """
 
     model: CLIP
+
+    @classmethod
+    def from_config(cls, config: Any) -> "ContrastiveTask":
+        return cls(build_clip(config.model))
+
+    @staticmethod
+    def example_batch(config: Any, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        size = config.data.image_size
+        return {
+            "images": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
+            "token_ids": jax.ShapeDtypeStruct((batch_size, config.data.text_len), jnp.int32),
+        }
+
+    @staticmethod
+    def train_preprocess(data: Any, config: Any) -> Callable[[dict, np.random.Generator], dict]:
+        return ContrastivePreprocess(
+            data.tokenizer, config.data.text_len, config.data.flip_probability, data.mirror_text
+        )
 
     def init(self, rng: Array, batch: dict[str, Array]) -> Any:
         return self.model.init(rng, normalize_images(batch["images"]), batch["token_ids"])["params"]
@@ -65,3 +91,11 @@ class ContrastiveTask:
     def encode_texts(self, params: Any, token_ids: Array) -> Array:
         """token ids [batch, text_len] -> unit-norm embeddings [batch, embed_dim]."""
         return self.model.apply({"params": params}, token_ids, method=CLIP.encode_text)
+
+    def evaluate(self, params: Any, data: Any, config: Any, split: str, return_details: bool = False):
+        """Retrieval recall@K both ways (hit = same scene) and zero-shot accuracy on `split`."""
+        return evaluate_clip(self, params, data, config, split=split, return_details=return_details)
+
+    @staticmethod
+    def report(workdir: str, results: dict, details: dict, config: Any) -> None:
+        write_artifacts(workdir, results, details, config)

@@ -11,16 +11,16 @@ import pytest
 
 from configs import clip_b16, clip_small, clip_tiny
 from mmjax.training import sharding as shd
-from mmjax.training.setup import example_batch, setup_training
+from mmjax.training.setup import setup_training
 from mmjax.training.state import count_params
 
 
 def lower_and_compile(config, num_devices=8):
     mesh = shd.make_mesh(num_devices)
-    _, _, _, abstract_state, train_step = setup_training(config, mesh)
+    task, _, _, abstract_state, train_step = setup_training(config, mesh)
     batch = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shd.batch_sharding(mesh))
-        for k, v in example_batch(config, config.batch_size).items()
+        for k, v in task.example_batch(config, config.batch_size).items()
     }
     return abstract_state, train_step.lower(abstract_state, batch).compile()
 

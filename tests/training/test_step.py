@@ -9,10 +9,12 @@ import pytest
 from mmjax.training import sharding as shd
 from mmjax.training.setup import setup_training
 from mmjax.training.optimizer import make_schedule, weight_decay_mask
+from mmjax.training.tasks import ContrastiveTask
 
 
 def tiny_config(batch_size=16):
     config = ml_collections.ConfigDict()
+    config.task = ContrastiveTask
     config.seed = 3
     config.data = dict(image_size=16, text_len=8)
     config.model = dict(
@@ -91,3 +93,10 @@ def test_schedule_warms_up_then_decays():
     assert float(schedule(110)) < 1e-6
     with pytest.raises(ValueError, match="num_steps=5 must exceed"):
         make_schedule(1.0, warmup_steps=10, total_steps=5)
+
+
+def test_config_without_a_task_class_is_named():
+    for task in ("clip", None):
+        config = ml_collections.ConfigDict({**tiny_config().to_dict(), "task": task})
+        with pytest.raises(ValueError, match="config.task must name a task class"):
+            setup_training(config, shd.make_mesh(1))
