@@ -41,9 +41,9 @@ def mask_tokens(
 
     so E[k] = n · mask_probability exactly whenever n · mask_probability >= 1 (stochastic
     rounding, not the upward bias of rounding a short text's 0.45 up to 1 every time), and a text
-    with any maskable token always has at least one target (unless mask_probability is 0). Texts
-    shorter than 1 / mask_probability are thus masked at a higher rate: 1 / n. The k positions are drawn uniformly
-    without replacement among the maskable ones.
+    with any maskable token always has at least one target (unless mask_probability is 0): texts
+    with fewer than 1 / mask_probability maskable tokens have exactly one, a rate of 1 / n. The k
+    positions are drawn uniformly without replacement among the maskable ones.
 
     How: each chosen position independently becomes `mask_id` with probability
     `replace_with_mask`, a token drawn uniformly from the ordinary ids (those in [0, vocab_size)
@@ -76,7 +76,7 @@ def mask_tokens(
         )
     token_ids = np.asarray(token_ids)
     if token_ids.ndim != 1:
-        raise ValueError(f"mask_tokens masks one text at a time: expected [L], got {token_ids.shape}")
+        raise ValueError(f"masks one text at a time: expected [L], got {token_ids.shape}")
     excluded_ids = np.union1d(np.asarray(list(special_ids), np.int64), [mask_id])
 
     # choose k of the n maskable positions, k = max(1, floor(n·p + u)) (see the docstring)
