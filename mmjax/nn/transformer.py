@@ -214,9 +214,10 @@ class CrossAttentionBlock(nn.Module):
         broadcast to [batch, heads, n_new, max_len]. The cross-attention is not cached: the
         keys/values of the image tokens are recomputed at every step. That keeps the cache a
         function of the text alone (one image batch cannot leave stale keys behind for the next)
-        at a price of 4·ctx_len·ctx_width·width flops per layer and step, which grows with the
-        number of image tokens; a generation loop that needs that time back can hold the
-        projected context in the cache instead.
+        at a price of 4·ctx_len·ctx_width·width flops per example, layer and step, against about
+        24·width² for the rest of the layer; with hundreds of image tokens the recomputation
+        dominates the step's flops. XLA does not hoist it out of a jitted generation loop by
+        itself. A loop that needs that time back can keep the projected context in the cache.
     """
 
     num_heads: int

@@ -1,11 +1,23 @@
-"""Encoder blocks and the scanned stack."""
+"""Encoder blocks, cross-attention blocks and the scanned stacks.
+
+Forward passes are jitted: one compilation is much faster on a CPU than dispatching a block's
+few hundred small operations one by one.
+"""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.nn.attention import make_causal_mask
-from mmjax.nn.transformer import Encoder, EncoderBlock, MlpBlock, quick_gelu
+from mmjax.nn.attention import make_causal_mask, make_padding_mask
+from mmjax.nn.transformer import (
+    CrossAttentionBlock,
+    CrossAttentionStack,
+    Encoder,
+    EncoderBlock,
+    MlpBlock,
+    quick_gelu,
+)
 
 
 def test_mlp_block_equals_explicit_formula():
@@ -29,24 +41,26 @@ def test_scanned_stack_equals_unrolled_blocks(remat):
     x = np.random.default_rng(1).standard_normal((2, 6, 16)).astype(np.float32)
     mask = make_causal_mask(6)
     scanned = Encoder(depth=3, num_heads=4, mlp_dim=32, scan=True, remat=remat)
-    p = scanned.init(jax.random.key(0), x, mask)["params"]
+    p = jax.jit(scanned.init)(jax.random.key(0), x, mask)["params"]
     assert p["blocks"]["mlp"]["fc1"]["kernel"].shape == (3, 16, 32)
-    out = scanned.apply({"params": p}, x, mask)
+    out = jax.jit(scanned.apply)({"params": p}, x, mask)
 
     unrolled = Encoder(depth=3, num_heads=4, mlp_dim=32, scan=False)
     p_unrolled = {f"block_{i}": jax.tree.map(lambda a: a[i], p["blocks"]) for i in range(3)}
     p_unrolled["ln_final"] = p["ln_final"]
-    np.testing.assert_allclose(out, unrolled.apply({"params": p_unrolled}, x, mask), rtol=1e-5, atol=1e-5)
+    expected = jax.jit(unrolled.apply)({"params": p_unrolled}, x, mask)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_causal_stack_ignores_future_tokens():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 8, 16)).astype(np.float32)
     enc = Encoder(depth=2, num_heads=2, mlp_dim=32)
-    p = enc.init(jax.random.key(0), x, make_causal_mask(8))
+    p = jax.jit(enc.init)(jax.random.key(0), x, make_causal_mask(8))
     x2 = x.copy()
     x2[:, 6:] = rng.standard_normal((1, 2, 16))
-    a, b = enc.apply(p, x, make_causal_mask(8)), enc.apply(p, x2, make_causal_mask(8))
+    apply = jax.jit(enc.apply)
+    a, b = apply(p, x, make_causal_mask(8)), apply(p, x2, make_causal_mask(8))
     np.testing.assert_allclose(a[:, :6], b[:, :6], rtol=1e-5, atol=1e-5)
     assert not np.allclose(a[:, 6:], b[:, 6:])
 
@@ -54,8 +68,87 @@ def test_causal_stack_ignores_future_tokens():
 def test_dropout_only_in_training_mode():
     x = np.random.default_rng(3).standard_normal((2, 4, 16)).astype(np.float32)
     block = EncoderBlock(num_heads=2, mlp_dim=32, dropout_rate=0.5)
-    p = block.init(jax.random.key(0), x)
-    det = block.apply(p, x, None, True)
-    np.testing.assert_array_equal(det, block.apply(p, x, None, True))
-    train = block.apply(p, x, None, False, rngs={"dropout": jax.random.key(1)})
+    p = jax.jit(block.init)(jax.random.key(0), x)
+    apply = jax.jit(block.apply, static_argnums=(3,))  # argument 3 is `deterministic`
+    det = apply(p, x, None, True)
+    np.testing.assert_array_equal(det, apply(p, x, None, True))
+    # An "rbg" key: on a CPU its dropout masks compile several times faster than threefry's.
+    train = apply(p, x, None, False, rngs={"dropout": jax.random.key(1, impl="rbg")})
     assert not np.allclose(det, train)
+
+
+class TestCrossAttentionBlock:
+    def test_shapes_with_different_text_and_image_lengths_and_widths(self):
+        rng = np.random.default_rng(4)
+        text = rng.standard_normal((2, 4, 16)).astype(np.float32)
+        image_tokens = rng.standard_normal((2, 9, 24)).astype(np.float32)
+        block = CrossAttentionBlock(num_heads=4, mlp_dim=32)
+        variables = jax.eval_shape(block.init, jax.random.key(0), text, image_tokens)
+        # Keys/values are projected from the image width, queries from the text width.
+        assert variables["params"]["cross_attn"]["key"]["kernel"].shape == (24, 4, 4)
+        assert variables["params"]["cross_attn"]["query"]["kernel"].shape == (16, 4, 4)
+        assert jax.eval_shape(block.apply, variables, text, image_tokens).shape == (2, 4, 16)
+
+    def test_context_mask_makes_output_independent_of_hidden_image_tokens(self):
+        rng = np.random.default_rng(5)
+        text = rng.standard_normal((2, 5, 16)).astype(np.float32)
+        image_tokens = rng.standard_normal((2, 7, 16)).astype(np.float32)
+        image_valid = np.ones((2, 7), bool)
+        image_valid[0, 4:] = False
+        image_valid[1, [1, 5]] = False
+        context_mask = image_valid[:, None, None, :]
+        text_mask = make_padding_mask(np.ones((2, 5), bool))
+        block = CrossAttentionBlock(num_heads=2, mlp_dim=32)
+        p = jax.jit(block.init)(jax.random.key(1), text, image_tokens, text_mask, context_mask)
+        apply = jax.jit(block.apply)
+        out = apply(p, text, image_tokens, text_mask, context_mask)
+
+        changed_hidden = np.where(image_valid[..., None], image_tokens, 100.0 * rng.standard_normal(image_tokens.shape))
+        out_hidden = apply(p, text, changed_hidden.astype(np.float32), text_mask, context_mask)
+        np.testing.assert_allclose(out, out_hidden, rtol=1e-6, atol=1e-6)
+
+        changed_visible = image_tokens.copy()
+        changed_visible[:, 0] += 1.0
+        assert not np.allclose(out, apply(p, text, changed_visible, text_mask, context_mask))
+
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_causal_block_ignores_future_text_and_bidirectional_does_not(self, causal):
+        rng = np.random.default_rng(6)
+        text = rng.standard_normal((1, 6, 16)).astype(np.float32)
+        image_tokens = rng.standard_normal((1, 3, 16)).astype(np.float32)
+        block = CrossAttentionBlock(num_heads=2, mlp_dim=32, causal=causal)
+        p = jax.jit(block.init)(jax.random.key(2), text, image_tokens)
+        later_changed = text.copy()
+        later_changed[:, 4:] = rng.standard_normal((1, 2, 16))
+        apply = jax.jit(block.apply)
+        a, b = apply(p, text, image_tokens), apply(p, later_changed, image_tokens)
+        assert np.allclose(a[:, :4], b[:, :4], rtol=1e-5, atol=1e-5) == causal
+        assert not np.allclose(a[:, 4:], b[:, 4:])
+
+    def test_masks_must_be_four_dimensional(self):
+        block = CrossAttentionBlock(num_heads=2, mlp_dim=16)
+        with pytest.raises(ValueError, match="context_mask"):
+            jax.eval_shape(
+                block.init, jax.random.key(0), jnp.zeros((2, 3, 8)), jnp.zeros((2, 4, 8)), None, jnp.ones((2, 4), bool)
+            )
+
+
+def test_scanned_cross_attention_stack_equals_unrolled_blocks():
+    """Scan (here with remat) stacks block parameters on a leading axis; slice i is block i."""
+    rng = np.random.default_rng(7)
+    text = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    image_tokens = rng.standard_normal((2, 7, 12)).astype(np.float32)
+    text_mask = make_padding_mask(np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool))
+    context_mask = np.array([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], bool)[:, None, None, :]
+    args = (text, image_tokens, text_mask, context_mask)
+
+    scanned = CrossAttentionStack(depth=3, num_heads=2, mlp_dim=32, causal=True, scan=True, remat=True)
+    p = jax.jit(scanned.init)(jax.random.key(3), *args)["params"]
+    assert p["blocks"]["cross_attn"]["key"]["kernel"].shape == (3, 12, 2, 8)
+    out = jax.jit(scanned.apply)({"params": p}, *args)
+
+    unrolled = CrossAttentionStack(depth=3, num_heads=2, mlp_dim=32, causal=True, scan=False)
+    p_unrolled = {f"block_{i}": jax.tree.map(lambda a: a[i], p["blocks"]) for i in range(3)}
+    p_unrolled["ln_final"] = p["ln_final"]
+    expected = jax.jit(unrolled.apply)({"params": p_unrolled}, *args)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
