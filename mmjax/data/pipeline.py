@@ -19,16 +19,38 @@ used: they could cut an object out while the caption still names it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+import json
+import os
+import tempfile
+from collections import Counter
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
 import numpy as np
 
-from mmjax.data.tokenizer import Tokenizer
+from mmjax.data.masking import mask_tokens
+from mmjax.data.tokenizer import EOS_ID, PAD_ID, UNK_ID, Tokenizer
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _maybe_flip(
+    image: np.ndarray, texts: list[str], rng: np.random.Generator, probability: float,
+    mirror_text: Callable[[str], str] | None,
+) -> tuple[np.ndarray, list[str]]:
+    """Flips the image horizontally with `probability`, mirroring every text with it."""
+    if probability and rng.random() < probability:
+        return np.ascontiguousarray(image[:, ::-1]), [mirror_text(t) for t in texts]
+    return np.ascontiguousarray(image), texts
 
 
 class ContrastivePreprocess:
     """One example -> {"images": uint8 [H, W, 3], "token_ids": int32 [text_len]}.
+
+    One of the example's captions, picked at random. Also the input of a captioner, which
+    predicts `token_ids` from the image (the decoder's inputs are these ids shifted right).
 
     Args:
       tokenizer: text -> ids.
@@ -53,16 +75,116 @@ class ContrastivePreprocess:
 
     def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         captions = example["captions"]
-        caption = captions[rng.integers(len(captions))]
-        if isinstance(caption, bytes):
-            caption = caption.decode("utf-8")
-        image = np.asarray(example["image"])
-        if self.flip_probability and rng.random() < self.flip_probability:
-            image = image[:, ::-1]
-            caption = self.mirror_text(caption)
+        caption = _text(captions[rng.integers(len(captions))])
+        image, (caption,) = _maybe_flip(
+            np.asarray(example["image"]), [caption], rng, self.flip_probability, self.mirror_text
+        )
+        return {"images": image, "token_ids": self.tokenizer.encode_batch([caption], self.text_len)[0]}
+
+
+class MaskedLanguagePreprocess(ContrastivePreprocess):
+    """Adds BERT-style masked inputs for image-conditioned masked language modelling (ALBEF).
+
+    Output: the contrastive fields plus
+      mlm_input_ids  int32 [text_len]   the caption with ~15% of its tokens corrupted (80/10/10)
+      mlm_targets    int32 [text_len]   the original ids
+      mlm_mask       bool  [text_len]   the positions that are scored
+
+    The tokenizer has no mask token of its own, so the mask id is `tokenizer.vocab_size`: the
+    model's text vocabulary must be at least one larger than the tokenizer's.
+    """
+
+    def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        out = super().__call__(example, rng)
+        inputs, targets, mask = mask_tokens(
+            out["token_ids"],
+            rng,
+            mask_id=self.tokenizer.vocab_size,
+            vocab_size=self.tokenizer.vocab_size,
+            special_ids=(PAD_ID, UNK_ID, EOS_ID),
+        )
+        out.update(mlm_input_ids=inputs.astype(np.int32), mlm_targets=targets.astype(np.int32),
+                   mlm_mask=mask)
+        return out
+
+
+UNKNOWN_ANSWER = "<unk>"
+
+
+def build_answer_vocabulary(answers: Iterable[str | bytes], min_count: int = 1) -> list[str]:
+    """The answers seen at least `min_count` times, most frequent first; index 0 is "<unk>".
+
+    VQA as classification (Antol et al., 2015) picks one of a fixed set of answers; an answer
+    outside the set (a held-out combination, say) maps to index 0 and is always scored wrong.
+    """
+    counts = Counter(_text(a) for a in answers)
+    kept = sorted((a for a, n in counts.items() if n >= min_count), key=lambda a: (-counts[a], a))
+    return [UNKNOWN_ANSWER] + kept
+
+
+def save_answer_vocabulary(vocabulary: list[str], path: str | os.PathLike) -> None:
+    """Writes the vocabulary as JSON, atomically (temp file + rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as tmp:
+        json.dump(vocabulary, tmp)
+    os.replace(tmp.name, path)
+
+
+def load_answer_vocabulary(path: str | os.PathLike) -> list[str]:
+    with open(path) as f:
+        vocabulary = json.load(f)
+    if not vocabulary or vocabulary[0] != UNKNOWN_ANSWER:
+        raise ValueError(f"{path} is not an answer vocabulary: its first entry must be {UNKNOWN_ANSWER!r}")
+    return vocabulary
+
+
+class VqaPreprocess:
+    """One example -> a question about its image and the answer's class.
+
+    Output:
+      images         uint8 [H, W, 3]
+      question_ids   int32 [text_len]   the tokenized question
+      answer         int32 []           index into the answer vocabulary (0 = unknown answer)
+      question_type  int32 []           index into `question_types`
+
+    One of the example's questions is picked at random. A flip mirrors the question *and* the
+    answer ("what is left of the blue circle?" / "red square" stays true as "what is right of the
+    blue circle?" with the mirrored scene), so augmentation never teaches a false answer.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        text_len: int,
+        answer_vocabulary: Sequence[str],
+        question_types: Sequence[str],
+        flip_probability: float = 0.0,
+        mirror_text: Callable[[str], str] | None = None,
+    ):
+        if flip_probability > 0 and mirror_text is None:
+            raise ValueError("flip_probability > 0 needs mirror_text, or answers become false")
+        self.tokenizer = tokenizer
+        self.text_len = text_len
+        self.answer_index = {a: i for i, a in enumerate(answer_vocabulary)}
+        self.type_index = {t: i for i, t in enumerate(question_types)}
+        self.flip_probability = flip_probability
+        self.mirror_text = mirror_text
+
+    def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        pick = rng.integers(len(example["questions"]))
+        question, answer = _text(example["questions"][pick]), _text(example["answers"][pick])
+        qtype = _text(example["question_types"][pick])
+        if qtype not in self.type_index:
+            raise ValueError(f"unknown question type {qtype!r}; expected one of {list(self.type_index)}")
+        image, (question, answer) = _maybe_flip(
+            np.asarray(example["image"]), [question, answer], rng, self.flip_probability, self.mirror_text
+        )
         return {
-            "images": np.ascontiguousarray(image),
-            "token_ids": self.tokenizer.encode_batch([caption], self.text_len)[0],
+            "images": image,
+            "question_ids": self.tokenizer.encode_batch([question], self.text_len)[0],
+            "answer": np.int32(self.answer_index.get(answer, 0)),
+            "question_type": np.int32(self.type_index[qtype]),
         }
 
 

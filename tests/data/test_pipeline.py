@@ -3,9 +3,19 @@
 import numpy as np
 import pytest
 
-from mmjax.data.pipeline import ContrastivePreprocess, iterate_in_order, make_train_loader
+from mmjax.data import shapes
+from mmjax.data.pipeline import (
+    ContrastivePreprocess,
+    MaskedLanguagePreprocess,
+    VqaPreprocess,
+    build_answer_vocabulary,
+    iterate_in_order,
+    load_answer_vocabulary,
+    make_train_loader,
+    save_answer_vocabulary,
+)
 from mmjax.data.shapes import mirror_text
-from mmjax.data.tokenizer import train_tokenizer
+from mmjax.data.tokenizer import EOS_ID, PAD_ID, train_tokenizer
 
 WORDS = ["a red circle at the top left", "a blue square at the bottom right", "a small cross on the left"]
 
@@ -103,3 +113,60 @@ def test_iterate_in_order_sees_every_example_once():
     batches = list(iterate_in_order(source, lambda ex: {"index": np.int64(ex["index"])}, batch_size=8))
     assert [len(b["index"]) for b in batches] == [8, 8, 3]
     assert list(np.concatenate([b["index"] for b in batches])) == list(range(19))
+
+
+def shapes_examples(n=30):
+    config = shapes.ShapesConfig(image_size=32)
+    return [shapes.generate_example(config, "train", i) for i in range(n)]
+
+
+def test_masked_language_fields_agree_with_the_caption(tokenizer):
+    pre = MaskedLanguagePreprocess(tokenizer, 12)
+    chosen = 0
+    for seed, example in enumerate(fake_source(20)):
+        out = pre(example, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out["mlm_targets"], out["token_ids"])
+        unchanged = ~out["mlm_mask"]
+        np.testing.assert_array_equal(out["mlm_input_ids"][unchanged], out["token_ids"][unchanged])
+        special = np.isin(out["token_ids"], [PAD_ID, EOS_ID])
+        assert not (out["mlm_mask"] & special).any() and out["mlm_mask"].any()
+        chosen += out["mlm_mask"].sum()
+        assert out["mlm_input_ids"].max() <= tokenizer.vocab_size  # the mask id is vocab_size
+    assert chosen >= 20
+
+
+def test_answer_vocabulary_round_trip_and_unknown_first(tmp_path):
+    vocabulary = build_answer_vocabulary([b"yes", "no", "yes", "red", "no", "yes", "blue"], min_count=2)
+    assert vocabulary == ["<unk>", "yes", "no"]
+    path = tmp_path / "answers.json"
+    save_answer_vocabulary(vocabulary, path)
+    assert load_answer_vocabulary(path) == vocabulary
+    (tmp_path / "bad.json").write_text('["yes"]')
+    with pytest.raises(ValueError, match="first entry must be '<unk>'"):
+        load_answer_vocabulary(tmp_path / "bad.json")
+
+
+def test_vqa_preprocess_picks_a_question_with_its_answer_and_flips_both():
+    examples = shapes_examples()
+    texts = [q for e in examples for q in e["questions"] + e["answers"]]
+    tokenizer = train_tokenizer(texts + [mirror_text(t) for t in texts], vocab_size=200)
+    vocabulary = build_answer_vocabulary([a for e in examples for a in e["answers"]])
+    plain = VqaPreprocess(tokenizer, 24, vocabulary, shapes.QUESTION_TYPES)
+    flip = VqaPreprocess(tokenizer, 24, vocabulary, shapes.QUESTION_TYPES, 1.0, mirror_text)
+    flipped_some = False
+    for seed, example in enumerate(examples):
+        out = plain(example, np.random.default_rng(seed))
+        question = tokenizer.decode(out["question_ids"])
+        pick = example["questions"].index(question)
+        assert vocabulary[out["answer"]] == example["answers"][pick]
+        assert shapes.QUESTION_TYPES[out["question_type"]] == example["question_types"][pick]
+        # The same rng draws the same question; the flip mirrors question, answer and image.
+        out_flip = flip(example, np.random.default_rng(seed))
+        assert tokenizer.decode(out_flip["question_ids"]) == mirror_text(question)
+        mirrored_answer = mirror_text(example["answers"][pick])
+        assert vocabulary[out_flip["answer"]] == (mirrored_answer if mirrored_answer in vocabulary else "<unk>")
+        np.testing.assert_array_equal(out_flip["images"], example["image"][:, ::-1])
+        flipped_some |= mirrored_answer != example["answers"][pick]
+    assert flipped_some
+    unknown = dict(examples[0], answers=["a purple elephant"] * len(examples[0]["answers"]))
+    assert plain(unknown, np.random.default_rng(0))["answer"] == 0
