@@ -202,3 +202,21 @@ def test_matches_pycocoevalcap_live_on_random_captions():
     score, per_caption = cider_d(candidates, references)
     assert score == expected_cider
     np.testing.assert_array_equal(per_caption, expected_per_caption)
+
+
+def test_exact_scene_match_parses_captions_back_to_scenes():
+    from mmjax.data import shapes
+    from mmjax.evaluation.caption_metrics import exact_scene_match
+
+    config = shapes.ShapesConfig(image_size=32)
+    examples = [shapes.generate_example(config, "test", i) for i in range(20)]
+    keys = [e["scene_key"] for e in examples]
+    right = [e["captions"][0] for e in examples]
+    assert exact_scene_match(right, keys, shapes.parse_caption) == 1.0
+    wrong = right[1:] + right[:1]  # every caption describes another scene
+    assert exact_scene_match(wrong, keys, shapes.parse_caption) == pytest.approx(
+        np.mean([shapes.parse_caption(w) == k for w, k in zip(wrong, keys)]))
+    assert exact_scene_match(wrong, keys, shapes.parse_caption) < 0.2
+    assert exact_scene_match(["a green blob"] + right[1:], keys, shapes.parse_caption) == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="2 candidates but 1 scene keys"):
+        exact_scene_match(["a", "b"], ["k"], shapes.parse_caption)
