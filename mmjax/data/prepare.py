@@ -4,6 +4,8 @@
         .split("train" | "validation" | "test" | "compositional_test")  random-access source
         .tokenizer          sentencepiece, trained on the training captions, saved beside the data
         .class_names        text name of each zero-shot class ("red circle", ...)
+        .answer_vocabulary()  the VQA answers seen in training, index 0 = "<unk>" (saved beside the data)
+        .question_types     the question type names
         .mirror_text        the caption mirroring that keeps flipped images truthful
 
 Building the dataset and training the tokenizer happen once; later runs find both on disk. In a
@@ -19,6 +21,7 @@ from typing import Any, Callable, Sequence
 import jax
 
 from mmjax.data import shapes
+from mmjax.data.pipeline import build_answer_vocabulary, load_answer_vocabulary, save_answer_vocabulary
 from mmjax.data.shapes_tfds import build_shapes, load_split, make_builder
 from mmjax.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -26,8 +29,10 @@ from mmjax.data.tokenizer import Tokenizer, train_tokenizer
 _VARIANT_FIELDS = ("num_train", "num_validation", "num_test", "num_compositional_test",
                    "seed", "min_objects", "max_objects", "num_captions")
 
-# Training captions the tokenizer is fitted on (the grammar's vocabulary is covered many times over).
+# Training examples the tokenizer and the answer vocabulary are fitted on (the grammar's words
+# and answers are covered many times over).
 _TOKENIZER_EXAMPLES = 4000
+_ANSWER_EXAMPLES = 4000
 
 
 @dataclasses.dataclass
@@ -39,9 +44,23 @@ class ShapesData:
     tokenizer_path: str
     class_names: list[str]
     mirror_text: Callable[[str], str] = shapes.mirror_text
+    question_types: tuple[str, ...] = shapes.QUESTION_TYPES
 
     def split(self, name: str) -> Sequence[dict[str, Any]]:
         return load_split(self.data_dir, self.image_size, name, **self.variant)
+
+    def answer_vocabulary(self) -> list[str]:
+        """The VQA answer classes: fitted on training answers once, then read from beside the data."""
+        path = os.path.join(
+            os.fspath(make_builder(self.data_dir, self.image_size, **self.variant).data_path), "answers.json"
+        )
+        if not os.path.exists(path):
+            if jax.process_index() == 0:
+                train = self.split("train")
+                n = min(len(train), _ANSWER_EXAMPLES)
+                save_answer_vocabulary(build_answer_vocabulary(a for i in range(n) for a in train[i]["answers"]), path)
+            _barrier("answers_written")
+        return load_answer_vocabulary(path)
 
 
 def prepare_shapes(
