@@ -118,6 +118,44 @@ class _ScannedBlock(EncoderBlock):
         return super().__call__(x, mask, deterministic), None
 
 
+
+def _apply_blocks(
+    block_cls: type[nn.Module],
+    scanned_cls: type[nn.Module],
+    block_kwargs: dict,
+    args: tuple,
+    *,
+    depth: int,
+    scan: bool,
+    remat: bool,
+    static_argnums: tuple[int, ...],
+) -> Array:
+    """`depth` blocks applied in turn to args[0]; args[1:] are the same for every block.
+
+    With `scan`, one block is traced and compiled, its parameters (and decoding cache) stacked on
+    a leading [depth] axis under the name `blocks`; without it the blocks are unrolled as
+    `block_0`, `block_1`, ... `scanned_cls` is `block_cls` returning (carry, None) as `nn.scan`
+    expects. Must be called from inside a compact module method (the blocks become its children).
+    """
+    if scan:
+        cls = nn.remat(scanned_cls, prevent_cse=False, static_argnums=static_argnums) if remat else scanned_cls
+        stack = nn.scan(
+            cls,
+            # A decoding cache is per layer, so it is stacked and sliced like the params.
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * (len(args) - 1),
+            length=depth,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = stack(**block_kwargs, name="blocks")(*args)
+        return x
+    cls = nn.remat(block_cls, static_argnums=static_argnums) if remat else block_cls
+    x = args[0]
+    for i in range(depth):
+        x = cls(**block_kwargs, name=f"block_{i}")(x, *args[1:])
+    return x
+
 class Encoder(nn.Module):
     """`depth` pre-LN blocks and a final LayerNorm: [batch, seq, width] -> [batch, seq, width].
 
@@ -153,24 +191,11 @@ class Encoder(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        if self.scan:
-            block_cls = _ScannedBlock
-            if self.remat:
-                # argnums count `self`: 3 is `deterministic`, a Python bool.
-                block_cls = nn.remat(block_cls, prevent_cse=False, static_argnums=(3,))
-            stack = nn.scan(
-                block_cls,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast),
-                length=self.depth,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x, _ = stack(**block_kwargs, name="blocks")(x, mask, deterministic)
-        else:
-            block_cls = nn.remat(EncoderBlock, static_argnums=(3,)) if self.remat else EncoderBlock
-            for i in range(self.depth):
-                x = block_cls(**block_kwargs, name=f"block_{i}")(x, mask, deterministic)
+        x = _apply_blocks(
+            EncoderBlock, _ScannedBlock, block_kwargs, (x, mask, deterministic),
+            # argnums count `self`: 3 is `deterministic`, a Python bool.
+            depth=self.depth, scan=self.scan, remat=self.remat, static_argnums=(3,),
+        )
         return nn.LayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final"
         )(x)
@@ -363,28 +388,12 @@ class CrossAttentionStack(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        args = (x, context, self_mask, context_mask, deterministic, decode)
-        if self.scan:
-            block_cls = _ScannedCrossAttentionBlock
-            if self.remat:
-                # argnums count `self`: 5 and 6 are `deterministic` and `decode`, Python bools.
-                block_cls = nn.remat(block_cls, prevent_cse=False, static_argnums=(5, 6))
-            stack = nn.scan(
-                block_cls,
-                # The decoding cache is per layer, so it is stacked and sliced like the params.
-                variable_axes={"params": 0, "cache": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,) * 5,
-                length=self.depth,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x, _ = stack(**block_kwargs, name="blocks")(*args)
-        else:
-            block_cls = CrossAttentionBlock
-            if self.remat:
-                block_cls = nn.remat(block_cls, static_argnums=(5, 6))
-            for i in range(self.depth):
-                x = block_cls(**block_kwargs, name=f"block_{i}")(x, *args[1:])
+        x = _apply_blocks(
+            CrossAttentionBlock, _ScannedCrossAttentionBlock, block_kwargs,
+            (x, context, self_mask, context_mask, deterministic, decode),
+            # argnums count `self`: 5 and 6 are `deterministic` and `decode`, Python bools.
+            depth=self.depth, scan=self.scan, remat=self.remat, static_argnums=(5, 6),
+        )
         return nn.LayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final"
         )(x)
