@@ -303,6 +303,11 @@ def plot_text_to_image_grid(
     return _save_figure(figure, out_png)
 
 
+def write_text_atomically(path: str, text: str) -> str:
+    """Writes `text` (UTF-8) to `path` through a temporary file and a rename: never half-written."""
+    return _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
 # --- helpers -----------------------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from mmjax.data.prepare import prepare_shapes
 from mmjax.data.pipeline import make_train_loader
-from mmjax.evaluation.report import plot_training_curves
+from mmjax.evaluation.report import plot_training_curves, write_text_atomically
 from mmjax.training import sharding as shd
 from mmjax.training.checkpoint import Checkpointer
 from mmjax.training.metric_writer import MetricWriter
@@ -52,8 +52,7 @@ def train_and_evaluate(
     # --- Set up the run folder -------------------------------------------------------------------
     os.makedirs(workdir, exist_ok=True)
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_to_json(config))
+        write_text_atomically(os.path.join(workdir, "config.json"), config_to_json(config))
 
     # --- Data: build the dataset and tokenizer if missing, then the training iterator -----------
     # A run keeps its tokenizer in the run folder: a resumed run reads text exactly as before.
@@ -111,7 +110,9 @@ def train_and_evaluate(
             jax.block_until_ready(pending[-2]["loss"])
         bar.update(1)
 
-        if step % config.log_every == 0 or step == last_step:
+        # Checkpoint steps are logged too, so that no checkpoint is written before its steps'
+        # metrics were checked for NaN.
+        if step % config.log_every == 0 or step % config.checkpoint_every == 0 or step == last_step:
             summary = _mean_metrics(pending)
             pending = []
             now = time.perf_counter()

@@ -157,3 +157,11 @@ def test_grid_rejects_mismatched_lengths(tmp_path):
         images = np.zeros((2, 8, 8, 3), np.uint8)
         plot_retrieval_grid(images, ["a"], [["b"]], [[True]], str(tmp_path / "x.png"))
     assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_write_text_atomically_leaves_only_the_file(tmp_path):
+    from mmjax.evaluation.report import write_text_atomically
+
+    path = write_text_atomically(str(tmp_path / "config.json"), '{"a": "é"}')
+    assert open(path, encoding="utf-8").read() == '{"a": "é"}'
+    assert os.listdir(tmp_path) == ["config.json"]
