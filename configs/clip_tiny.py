@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.split = "test"
     config.eval.during_training_split = "validation"
     config.eval.batch_size = 256
-    # Zero-shot prompts, phrased like the dataset's captions.
-    config.eval.prompt_templates = ("a {}.", "there is a {}.", "a picture of a {}.", "an image with a {}.")
+    # Zero-shot prompts in the captions' own phrasing (no final period, which captions never
+    # have), naming the size too: the label is the class of the *largest* object.
+    config.eval.prompt_templates = (
+        "a large {}", "there is a large {}", "a big {}", "a picture of a large {}",
+        "an image of a big {}", "this image shows a large {}",
+    )
     return config
