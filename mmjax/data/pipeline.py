@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zlib
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -139,37 +140,98 @@ def load_answer_vocabulary(path: str | os.PathLike) -> list[str]:
     return vocabulary
 
 
+def scene_id(scene_key: str | bytes) -> np.int32:
+    """A 31-bit id of a scene's structured description (CRC-32), to find duplicate scenes in a batch.
+
+    Two examples showing the same scene get the same id, so image-text matching never presents
+    one's caption as a mismatch for the other's image. (Distinct scenes collide with probability
+    about 2^-31 per pair: one of them would then lose a negative, nothing worse.)
+    """
+    key = scene_key if isinstance(scene_key, bytes) else scene_key.encode("utf-8")
+    return np.int32(zlib.crc32(key) & 0x7FFFFFFF)
+
+
+def qa_sequence(
+    tokenizer: Tokenizer, question: str, answer: str, max_len: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """A question and its answer as one token sequence, for generative VQA with a text decoder.
+
+        qa_ids      [what colour is the circle ?  red  EOS  PAD ...]     int32 [max_len]
+        qa_weights  [0    0      0  0   0      0  1    1    0   ...]     float32 [max_len]
+
+    The decoder reads the question and is scored only on the answer and its EOS: at test time the
+    question is the prompt and the model writes the rest.
+
+    Returns:
+      (qa_ids, qa_weights, prompt_len), prompt_len = the number of question tokens.
+    """
+    question_ids = tokenizer.encode(question)[:-1]  # no EOS between question and answer
+    answer_ids = tokenizer.encode(answer)
+    if len(question_ids) + len(answer_ids) > max_len:
+        raise ValueError(
+            f"question and answer take {len(question_ids) + len(answer_ids)} tokens, more than "
+            f"config.data.qa_len = {max_len} ({question!r} / {answer!r}): raise qa_len"
+        )
+    ids = np.full((max_len,), PAD_ID, np.int32)
+    weights = np.zeros((max_len,), np.float32)
+    ids[: len(question_ids) + len(answer_ids)] = question_ids + answer_ids
+    weights[len(question_ids) : len(question_ids) + len(answer_ids)] = 1.0
+    return ids, weights, len(question_ids)
+
+
 class VqaPreprocess:
-    """One example -> a question about its image and the answer's class.
+    """One example -> a question about its image and the answer's class (and, optionally, more).
 
     Output:
       images         uint8 [H, W, 3]
-      question_ids   int32 [text_len]   the tokenized question
-      answer         int32 []           index into the answer vocabulary (0 = unknown answer)
-      question_type  int32 []           index into `question_types`
+      question_ids   int32 [question_len]  the tokenized question
+      answer         int32 []              index into the answer vocabulary (0 = unknown answer)
+      question_type  int32 []              index into `question_types`
+    with `with_caption`, also a caption of the same (flipped) image, for models trained on
+    several objectives at once:
+      token_ids      int32 [text_len]      one of the example's captions
+      scene_id       int32 []              `scene_id(scene_key)`, equal for equal scenes
+    with `with_mlm` (needs `with_caption`), the BERT-masked caption (see MaskedLanguagePreprocess):
+      mlm_input_ids, mlm_targets int32 [text_len], mlm_mask bool [text_len]
+    with `qa_len > 0`, the question and answer as one decoder sequence (see `qa_sequence`):
+      qa_ids int32 [qa_len], qa_weights float32 [qa_len]
 
-    One of the example's questions is picked at random. A flip mirrors the question *and* the
-    answer ("what is left of the blue circle?" / "red square" stays true as "what is right of the
-    blue circle?" with the mirrored scene), so augmentation never teaches a false answer.
+    One of the example's questions (and captions) is picked at random. A flip mirrors the question
+    *and* the answer *and* the caption ("what is left of the blue circle?" / "red square" stays
+    true as "what is right of the blue circle?" with the mirrored scene), so augmentation never
+    teaches a false answer.
     """
 
     def __init__(
         self,
         tokenizer: Tokenizer,
-        text_len: int,
+        question_len: int,
         answer_vocabulary: Sequence[str],
         question_types: Sequence[str],
         flip_probability: float = 0.0,
         mirror_text: Callable[[str], str] | None = None,
+        *,
+        text_len: int = 0,
+        with_caption: bool = False,
+        with_mlm: bool = False,
+        qa_len: int = 0,
     ):
         if flip_probability > 0 and mirror_text is None:
             raise ValueError("flip_probability > 0 needs mirror_text, or answers become false")
+        if (with_caption or with_mlm) and text_len < 1:
+            raise ValueError(f"captions need text_len >= 1; got {text_len}")
+        if with_mlm and not with_caption:
+            raise ValueError("with_mlm masks the caption: it needs with_caption=True")
         self.tokenizer = tokenizer
-        self.text_len = text_len
+        self.question_len = question_len
         self.answer_index = {a: i for i, a in enumerate(answer_vocabulary)}
         self.type_index = {t: i for i, t in enumerate(question_types)}
         self.flip_probability = flip_probability
         self.mirror_text = mirror_text
+        self.text_len = text_len
+        self.with_caption = with_caption
+        self.with_mlm = with_mlm
+        self.qa_len = qa_len
 
     def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         pick = rng.integers(len(example["questions"]))
@@ -177,15 +239,55 @@ class VqaPreprocess:
         qtype = _text(example["question_types"][pick])
         if qtype not in self.type_index:
             raise ValueError(f"unknown question type {qtype!r}; expected one of {list(self.type_index)}")
-        image, (question, answer) = _maybe_flip(
-            np.asarray(example["image"]), [question, answer], rng, self.flip_probability, self.mirror_text
+        texts = [question, answer]
+        if self.with_caption:
+            captions = example["captions"]
+            texts.append(_text(captions[rng.integers(len(captions))]))
+        image, texts = _maybe_flip(
+            np.asarray(example["image"]), texts, rng, self.flip_probability, self.mirror_text
         )
-        return {
+        question, answer = texts[0], texts[1]
+        out = {
             "images": image,
-            "question_ids": self.tokenizer.encode_batch([question], self.text_len)[0],
+            "question_ids": self.tokenizer.encode_batch([question], self.question_len)[0],
             "answer": np.int32(self.answer_index.get(answer, 0)),
             "question_type": np.int32(self.type_index[qtype]),
         }
+        if self.with_caption:
+            token_ids = self.tokenizer.encode_batch([texts[2]], self.text_len)[0]
+            out.update(token_ids=token_ids, scene_id=scene_id(example["scene_key"]))
+        if self.with_mlm:
+            inputs, targets, mask = mask_tokens(
+                out["token_ids"], rng, mask_id=self.tokenizer.vocab_size,
+                vocab_size=self.tokenizer.vocab_size, special_ids=(PAD_ID, UNK_ID, EOS_ID),
+            )
+            out.update(mlm_input_ids=inputs.astype(np.int32), mlm_targets=targets.astype(np.int32),
+                       mlm_mask=mask)
+        if self.qa_len:
+            out["qa_ids"], out["qa_weights"], _ = qa_sequence(self.tokenizer, question, answer, self.qa_len)
+        return out
+
+
+def all_questions(
+    example: dict[str, Any], tokenizer: Tokenizer, question_len: int,
+    answer_vocabulary: Sequence[str], question_types: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """Every question of one example, for evaluation (no augmentation), Q = questions per example.
+
+    Returns: question_ids int32 [Q, question_len], answer int32 [Q] (0 = not in the vocabulary),
+    question_type int32 [Q], and the raw texts: questions, answers object [Q].
+    """
+    questions = [_text(q) for q in example["questions"]]
+    answers = [_text(a) for a in example["answers"]]
+    answer_index = {a: i for i, a in enumerate(answer_vocabulary)}
+    type_index = {t: i for i, t in enumerate(question_types)}
+    return {
+        "question_ids": tokenizer.encode_batch(questions, question_len),
+        "answer": np.asarray([answer_index.get(a, 0) for a in answers], np.int32),
+        "question_type": np.asarray([type_index[_text(t)] for t in example["question_types"]], np.int32),
+        "questions": np.asarray(questions, dtype=object),
+        "answers": np.asarray(answers, dtype=object),
+    }
 
 
 def make_train_loader(

@@ -2,7 +2,9 @@
 
     prepare_shapes(config.data) -> ShapesData
         .split("train" | "validation" | "test" | "compositional_test")  random-access source
-        .tokenizer          sentencepiece, trained on the training captions, saved beside the data
+        .tokenizer          sentencepiece, trained on the training captions (and, with
+                            `tokenizer_corpus="captions_and_questions"`, the questions and
+                            answers too), saved beside the data
         .class_names        text name of each zero-shot class ("red circle", ...)
         .answer_vocabulary()  the VQA answers seen in training, index 0 = "<unk>" (saved beside the data)
         .question_types     the question type names
@@ -33,6 +35,14 @@ _VARIANT_FIELDS = ("num_train", "num_validation", "num_test", "num_compositional
 # and answers are covered many times over).
 _TOKENIZER_EXAMPLES = 4000
 _ANSWER_EXAMPLES = 4000
+
+# What the tokenizer is fitted on (config.data.tokenizer_corpus) -> its file name beside the data.
+# Captions alone never contain "?" or the letters of "above" and "object", which a caption-only
+# tokenizer would read as unknown pieces; VQA models fit theirs on the questions and answers too.
+TOKENIZER_CORPORA = {
+    "captions": "tokenizer_{vocab_size}.model",
+    "captions_and_questions": "tokenizer_{vocab_size}_qa.model",
+}
 
 
 @dataclasses.dataclass
@@ -80,14 +90,21 @@ def prepare_shapes(
     builder = make_builder(data_dir, data_config.image_size, **variant)
     train = load_split(data_dir, data_config.image_size, "train", **variant)
 
+    corpus = data_config.get("tokenizer_corpus", "captions")
+    if corpus not in TOKENIZER_CORPORA:
+        raise ValueError(
+            f"config.data.tokenizer_corpus must be one of {sorted(TOKENIZER_CORPORA)}; got {corpus!r}"
+        )
     if tokenizer_path is None:
-        tokenizer_path = os.path.join(os.fspath(builder.data_path), f"tokenizer_{data_config.vocab_size}.model")
+        name = TOKENIZER_CORPORA[corpus].format(vocab_size=data_config.vocab_size)
+        tokenizer_path = os.path.join(os.fspath(builder.data_path), name)
     if not os.path.exists(tokenizer_path):
         if jax.process_index() == 0:
             n = min(len(train), _TOKENIZER_EXAMPLES)
-            captions = [c.decode("utf-8") if isinstance(c, bytes) else c
-                        for i in range(n) for c in train[i]["captions"]]
-            train_tokenizer(captions, data_config.vocab_size, tokenizer_path)
+            fields = ("captions",) if corpus == "captions" else ("captions", "questions", "answers")
+            texts = [t.decode("utf-8") if isinstance(t, bytes) else t
+                     for i in range(n) for field in fields for t in train[i][field]]
+            train_tokenizer(texts, data_config.vocab_size, tokenizer_path)
         _barrier("tokenizer_trained")
     return ShapesData(
         data_dir=data_dir,

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmjax.data.pipeline import iterate_in_order
+from mmjax.evaluation.batching import batched_apply
 from mmjax.evaluation.metrics import (
     PROMPT_TEMPLATES,
     class_embeddings_from_prompts,
@@ -38,20 +39,9 @@ from mmjax.evaluation.report import (
     format_table,
     plot_retrieval_grid,
     plot_text_to_image_grid,
+    results_filename,
     write_results,
 )
-
-
-def _batched_apply(fn: Callable, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """fn over `inputs` in fixed-size batches (the last one padded, so `fn` compiles once)."""
-    outputs = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start : start + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        outputs.append(np.asarray(fn(chunk))[: batch_size - pad])
-    return np.concatenate(outputs)
 
 
 def embed_split(encode_images: Callable, encode_texts: Callable, source, tokenizer, text_len: int,
@@ -83,8 +73,8 @@ def embed_split(encode_images: Callable, encode_texts: Callable, source, tokeniz
     n, captions_per_image = data["token_ids"].shape[:2]
     token_ids = data["token_ids"].reshape(n * captions_per_image, -1)
     return {
-        "image_embeddings": _batched_apply(encode_images, data["images"], batch_size),
-        "text_embeddings": _batched_apply(encode_texts, token_ids, batch_size),
+        "image_embeddings": batched_apply(encode_images, data["images"], batch_size=batch_size),
+        "text_embeddings": batched_apply(encode_texts, token_ids, batch_size=batch_size),
         "scene_keys": np.asarray([_str(k) for k in data["scene_key"]]),
         "labels": data["label"],
         "captions": np.asarray([_str(c) for c in data["captions"].reshape(-1)]),
@@ -102,7 +92,7 @@ def class_embeddings(encode_texts: Callable, class_names: list[str], tokenizer, 
     """[num_classes, d]: prompt-ensembled, unit-norm text embeddings of every class name."""
     prompts = [template.format(name) for name in class_names for template in templates]
     token_ids = tokenizer.encode_batch(prompts, text_len)
-    embeddings = _batched_apply(encode_texts, token_ids, batch_size)
+    embeddings = batched_apply(encode_texts, token_ids, batch_size=batch_size)
     return class_embeddings_from_prompts(embeddings.reshape(len(class_names), len(templates), -1))
 
 
@@ -143,7 +133,7 @@ def evaluate_clip(task: Any, params: Any, data: Any, config: Any, split: str = "
 def write_artifacts(workdir: str, results: dict[str, float], details: dict[str, Any], config: Any,
                     num_examples: int = 8, k: int = 5) -> None:
     """results.json, a printed results table, and PNG grids of retrieval examples."""
-    write_results(workdir, {"split": config.eval.split, **results})
+    write_results(workdir, {"split": config.eval.split, **results}, results_filename(config.eval.split))
     rows = [
         {"direction": "image -> text", **{f"R@{n}": results[f"i2t_r{n}"] for n in (1, 5, 10)}},
         {"direction": "text -> image", **{f"R@{n}": results[f"t2i_r{n}"] for n in (1, 5, 10)}},

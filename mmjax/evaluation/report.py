@@ -91,8 +91,14 @@ def format_table(
     return "\n".join(lines)
 
 
-def write_results(workdir: str, results: dict[str, Any]) -> str:
-    """Writes `results` to `<workdir>/results.json`, atomically, with sorted keys.
+def results_filename(split: str) -> str:
+    """Where a split's results go: results.json for `test`, results_<split>.json for the others,
+    so evaluating a second split (eval.py --config.eval.split=...) keeps the test numbers."""
+    return "results.json" if split == "test" else f"results_{split}.json"
+
+
+def write_results(workdir: str, results: dict[str, Any], filename: str = "results.json") -> str:
+    """Writes `results` to `<workdir>/<filename>`, atomically, with sorted keys.
 
     NumPy and JAX scalars become plain floats and ints, arrays become lists, and a non-finite float
     becomes the string "nan"/"inf"/"-inf" (JSON has no NaN; the trainer's metrics.jsonl does the
@@ -103,10 +109,10 @@ def write_results(workdir: str, results: dict[str, Any]) -> str:
       results: a (possibly nested) dict of metric name → value.
 
     Returns:
-      The path of results.json.
+      The path written.
     """
     text = json.dumps(_to_jsonable(results), sort_keys=True, indent=2, allow_nan=False) + "\n"
-    path = os.path.join(workdir, "results.json")
+    path = os.path.join(workdir, filename)
     return _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 

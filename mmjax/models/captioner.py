@@ -65,7 +65,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.models.clip import l2_normalize
-from mmjax.models.text import PAD_ID
+from mmjax.models.fusion import attribute_names, check_fields
+from mmjax.models.text import PAD_ID, TextTransformer
+from mmjax.models.vit import ViT
 from mmjax.nn.embed import TokenEmbed
 from mmjax.nn.transformer import CrossAttentionStack, gelu
 
@@ -321,8 +323,15 @@ def greedy_search(
     start_id: int,
     eos_id: int,
     stop_early: bool | Array = True,
+    prompt_ids: Array | None = None,
+    prompt_lengths: Array | None = None,
 ) -> Array:
     """Greedy decoding: t_i = argmax_v p(v | t_<i, image), one cached decode step per token.
+
+    With a prompt, the first prompt_lengths[b] tokens of sequence b are forced to
+    prompt_ids[b, :prompt_lengths[b]] (fed through the same cached steps, so the prompt is read
+    once) and decoding continues from there: generative VQA feeds the question and reads the
+    answer that follows it. Prompt lengths may differ across the batch.
 
     A sequence that has produced EOS is finished: its later tokens are 0 (padding), although the
     batch keeps stepping (static shapes) until every sequence is finished or max_len tokens are
@@ -336,10 +345,17 @@ def greedy_search(
       start_id: the token fed at step 0 (START_ID).
       eos_id: the end-of-sequence id.
       stop_early: stop once every sequence is finished (may be traced).
+      prompt_ids: optional int [batch, P], P <= T, the forced first tokens (no EOS among them).
+      prompt_lengths: int [batch], how many of prompt_ids to force per sequence (<= P).
 
     Returns:
-      int32 [batch, T]: t_0 .. t_{T-1}, the start token not included, 0 after the first EOS.
+      int32 [batch, T]: t_0 .. t_{T-1}, the start token not included (the prompt is), 0 after
+      the first generated EOS.
     """
+    if (prompt_ids is None) != (prompt_lengths is None):
+        raise ValueError("prompt_ids and prompt_lengths go together")
+    if prompt_ids is not None and prompt_ids.shape[1] > max_len:
+        raise ValueError(f"the prompt ({prompt_ids.shape[1]} tokens) is longer than max_len {max_len}")
     image_tokens = model.apply({"params": params}, images, method=CoCa.encode_image_tokens)
     batch = image_tokens.shape[0]
     step_logits = _step_function(model, params, image_tokens)
@@ -353,6 +369,13 @@ def greedy_search(
         # one token per sequence through the cached decoder
         logits, cache = step_logits(cache, _previous_token(tokens, step, start_id)[:, None])
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        if prompt_ids is not None:
+            # inside its prompt a sequence takes the prompt's token, whatever the model prefers
+            forced = step < prompt_lengths
+            prompt_token = jax.lax.dynamic_index_in_dim(
+                prompt_ids, jnp.minimum(step, prompt_ids.shape[1] - 1), axis=1, keepdims=False
+            )
+            token = jnp.where(forced, prompt_token.astype(jnp.int32), token)
         # finished sequences only grow padding
         token = jnp.where(finished, PAD_ID, token)
         tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, step, axis=1)
@@ -543,3 +566,37 @@ def generate(
         stop_early=stop_early,
     )
     return beams.tokens[:, 0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Builder from a config section.
+# ------------------------------------------------------------------------------------------------
+
+
+def build_coca(config: Any) -> CoCa:
+    """Builds a CoCa from a config section (a ConfigDict or dict) with fields:
+
+      embed_dim
+      image:   ViT attributes, by name
+      text:    TextTransformer attributes (the contrastive text tower); `causal` defaults to True
+      decoder: CaptionDecoder attributes; `vocab_size` defaults to the text tower's
+      logit_scale_init, max_logit_scale: optional
+
+    Unknown fields raise a ValueError that names them.
+    """
+    optional = ("logit_scale_init", "max_logit_scale")
+    check_fields("model", config.keys(), ("embed_dim", "image", "text", "decoder", *optional))
+    image_kwargs, text_kwargs = dict(config["image"]), dict(config["text"])
+    decoder_kwargs = dict(config["decoder"])
+    check_fields("model.image", image_kwargs, attribute_names(ViT))
+    check_fields("model.text", text_kwargs, attribute_names(TextTransformer))
+    check_fields("model.decoder", decoder_kwargs, attribute_names(CaptionDecoder))
+    text_kwargs = {"causal": True, **text_kwargs}
+    decoder_kwargs = {"vocab_size": text_kwargs["vocab_size"], **decoder_kwargs}
+    return CoCa(
+        image_encoder=ViT(**image_kwargs),
+        text_encoder=TextTransformer(**text_kwargs),
+        decoder=CaptionDecoder(**decoder_kwargs),
+        embed_dim=config["embed_dim"],
+        **{k: config[k] for k in optional if k in config},
+    )

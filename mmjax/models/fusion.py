@@ -258,6 +258,15 @@ class MidFusion(nn.Module):
         """The contrastive multiplier exp(t), clamped at `max_logit_scale`: []."""
         return jnp.minimum(jnp.exp(self.log_logit_scale), self.max_logit_scale)
 
+    def answer_logits(self, images: Array, token_ids: Array, deterministic: bool = True) -> Array:
+        """VQA: [B, H, W, 3] images, [B, L] question ids -> [B, num_answers] answer logits.
+
+        The question goes through the text tower and reads the image in the fusion stack.
+        """
+        image = self.encode_image(images, deterministic)
+        text = self.encode_text(token_ids, deterministic)
+        return self.vqa_logits(self.fuse(text["tokens"], text["mask"], image["tokens"], deterministic))
+
     def __call__(self, images: Array, token_ids: Array, deterministic: bool = True) -> dict[str, Array]:
         image = self.encode_image(images, deterministic)
         text = self.encode_text(token_ids, deterministic)
@@ -416,6 +425,10 @@ class EarlyFusion(nn.Module):
         """[B, S, W] encoded sequence -> [B, num_answers] answer logits, from the [CLS]."""
         return self.vqa_head(fused[:, 0])
 
+    def answer_logits(self, images: Array, token_ids: Array, deterministic: bool = True) -> Array:
+        """VQA: [B, H, W, 3] images, [B, L] question ids -> [B, num_answers] answer logits."""
+        return self.vqa_logits(self.encode(images, token_ids, deterministic)["tokens"])
+
     def __call__(self, images: Array, token_ids: Array, deterministic: bool = True) -> dict[str, Array]:
         out = self.encode(images, token_ids, deterministic)
         return {
@@ -434,8 +447,9 @@ class EarlyFusion(nn.Module):
 class LateFusionClassifier(nn.Module):
     """The baseline: pooled image and text features, concatenated, through an MLP.
 
-    `__call__(images [B, H, W, 3], token_ids [B, L]) -> [B, num_answers]` VQA logits. No
-    cross-modal attention: the image is summarised without knowing the question.
+    `__call__(images [B, H, W, 3], token_ids [B, L]) -> [B, num_answers]` VQA logits (also
+    `answer_logits`, the name every VQA model shares). No cross-modal attention: the image is
+    summarised without knowing the question.
 
     Attributes:
       image_encoder: a ViT (any module returning {"pooled": [B, W_img]}).
@@ -449,15 +463,20 @@ class LateFusionClassifier(nn.Module):
     num_answers: int
     hidden_dim: int | None = None
 
-    @nn.compact
-    def __call__(self, images: Array, token_ids: Array, deterministic: bool = True) -> Array:
+    def setup(self):
+        self.vqa_head = AnswerHead(self.num_answers, self.hidden_dim, name="vqa_head")
+
+    def answer_logits(self, images: Array, token_ids: Array, deterministic: bool = True) -> Array:
         image_feature = self.image_encoder(images, deterministic=deterministic)["pooled"]
         text_feature = self.text_encoder(token_ids, deterministic=deterministic)["pooled"]
         # The only place the modalities meet: [B, W_img + W_txt].
         joint = jnp.concatenate(
             [image_feature.astype(jnp.float32), text_feature.astype(jnp.float32)], axis=-1
         )
-        return AnswerHead(self.num_answers, self.hidden_dim, name="vqa_head")(joint)
+        return self.vqa_head(joint)
+
+    def __call__(self, images: Array, token_ids: Array, deterministic: bool = True) -> Array:
+        return self.answer_logits(images, token_ids, deterministic)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -465,12 +484,12 @@ class LateFusionClassifier(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 
-def _attribute_names(cls: type[nn.Module]) -> set[str]:
+def attribute_names(cls: type[nn.Module]) -> set[str]:
     """The constructor attributes of a linen module, without linen's own `parent` and `name`."""
     return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
 
 
-def _check_fields(section: str, given: Iterable[str], known: Iterable[str]) -> None:
+def check_fields(section: str, given: Iterable[str], known: Iterable[str]) -> None:
     """Raises ValueError naming the fields of `given` that are not in `known`."""
     unknown = sorted(set(given) - set(known))
     if unknown:
@@ -492,12 +511,12 @@ def build_mid_fusion(config: Any) -> MidFusion:
     Unknown fields raise a ValueError that names them.
     """
     optional = ("logit_scale_init", "max_logit_scale")
-    _check_fields("model", config.keys(), ("embed_dim", "num_answers", "image", "text", "fusion", *optional))
+    check_fields("model", config.keys(), ("embed_dim", "num_answers", "image", "text", "fusion", *optional))
     image_kwargs, text_kwargs = dict(config["image"]), dict(config["text"])
     fusion_kwargs = dict(config["fusion"])
-    _check_fields("model.image", image_kwargs, _attribute_names(ViT))
-    _check_fields("model.text", text_kwargs, _attribute_names(TextTransformer))
-    _check_fields("model.fusion", fusion_kwargs, _attribute_names(CrossAttentionStack) - {"causal"})
+    check_fields("model.image", image_kwargs, attribute_names(ViT))
+    check_fields("model.text", text_kwargs, attribute_names(TextTransformer))
+    check_fields("model.fusion", fusion_kwargs, attribute_names(CrossAttentionStack) - {"causal"})
     if text_kwargs.get("causal", False):
         raise ValueError("config.model.text.causal must be False: mid fusion's text tower is bidirectional")
     text_kwargs = {"causal": False, "pool": "first", **text_kwargs}
@@ -518,7 +537,7 @@ def build_early_fusion(config: Any) -> EarlyFusion:
     Unknown fields raise a ValueError that names them.
     """
     kwargs = dict(config)
-    _check_fields("model", kwargs, _attribute_names(EarlyFusion))
+    check_fields("model", kwargs, attribute_names(EarlyFusion))
     return EarlyFusion(**kwargs)
 
 
@@ -532,10 +551,10 @@ def build_late_fusion_classifier(config: Any) -> LateFusionClassifier:
 
     Unknown fields raise a ValueError that names them.
     """
-    _check_fields("model", config.keys(), ("num_answers", "image", "text", "hidden_dim"))
+    check_fields("model", config.keys(), ("num_answers", "image", "text", "hidden_dim"))
     image_kwargs, text_kwargs = dict(config["image"]), dict(config["text"])
-    _check_fields("model.image", image_kwargs, _attribute_names(ViT))
-    _check_fields("model.text", text_kwargs, _attribute_names(TextTransformer))
+    check_fields("model.image", image_kwargs, attribute_names(ViT))
+    check_fields("model.text", text_kwargs, attribute_names(TextTransformer))
     return LateFusionClassifier(
         image_encoder=ViT(**image_kwargs),
         text_encoder=TextTransformer(**text_kwargs),

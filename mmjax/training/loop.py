@@ -60,11 +60,6 @@ def train_and_evaluate(
     data = prepare_shapes(config.data, tokenizer_path=run_tokenizer if os.path.exists(run_tokenizer) else None)
     if is_main and data.tokenizer_path != run_tokenizer:
         shutil.copyfile(data.tokenizer_path, run_tokenizer)
-    if data.tokenizer.vocab_size > config.model.text.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {data.tokenizer.vocab_size} pieces but config.model.text.vocab_size "
-            f"is {config.model.text.vocab_size}: raise the model's vocab_size"
-        )
 
     # --- Mesh, task, optimizer, state ------------------------------------------------------------
     mesh = shd.make_mesh(config.mesh.data)

@@ -39,6 +39,25 @@ def normalize_images(images: Array) -> Array:
     return images.astype(jnp.float32) / 127.5 - 1.0
 
 
+def check_vocabulary_sizes(data: Any, config: Any, model_vocab_size: int, field: str,
+                           extra_ids: int = 0) -> None:
+    """The model's token table must hold every id the pipeline emits (JAX clamps an id past
+    the end of a table silently instead of failing), and its answer head every answer class."""
+    needed = data.tokenizer.vocab_size + extra_ids
+    if model_vocab_size < needed:
+        why = f" ({data.tokenizer.vocab_size} tokenizer pieces + {extra_ids} [MASK])" if extra_ids else ""
+        raise ValueError(
+            f"the pipeline emits {needed} token ids{why} but config.{field} is "
+            f"{model_vocab_size}: raise it to at least {needed}"
+        )
+    num_answers = config.model.get("num_answers")
+    if num_answers is not None and num_answers < len(data.answer_vocabulary()):
+        raise ValueError(
+            f"the training answers have {len(data.answer_vocabulary())} classes but "
+            f"config.model.num_answers is {num_answers}: raise it"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class ContrastiveTask:
     """CLIP training: a dual encoder and the symmetric InfoNCE loss.
@@ -63,6 +82,7 @@ class ContrastiveTask:
 
     @staticmethod
     def train_preprocess(data: Any, config: Any) -> Callable[[dict, np.random.Generator], dict]:
+        check_vocabulary_sizes(data, config, config.model.text.vocab_size, "model.text.vocab_size")
         return ContrastivePreprocess(
             data.tokenizer, config.data.text_len, config.data.flip_probability, data.mirror_text
         )
