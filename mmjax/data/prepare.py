@@ -9,6 +9,7 @@
         .answer_vocabulary()  the VQA answers seen in training, index 0 = "<unk>" (saved beside the data)
         .question_types     the question type names
         .mirror_text        the caption mirroring that keeps flipped images truthful
+        .parse_caption      caption -> scene key (None if the grammar cannot read it)
 
 Building the dataset and training the tokenizer happen once; later runs find both on disk. In a
 multi-process run only process 0 builds; the others wait for it at a barrier.
@@ -54,6 +55,7 @@ class ShapesData:
     tokenizer_path: str
     class_names: list[str]
     mirror_text: Callable[[str], str] = shapes.mirror_text
+    parse_caption: Callable[[str], str | None] = shapes.parse_caption
     question_types: tuple[str, ...] = shapes.QUESTION_TYPES
 
     def split(self, name: str) -> Sequence[dict[str, Any]]:

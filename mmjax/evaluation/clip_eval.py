@@ -50,7 +50,8 @@ def embed_split(encode_images: Callable, encode_texts: Callable, source, tokeniz
 
     `encode_images(uint8 [b, H, W, 3]) -> [b, d]`, `encode_texts(int32 [b, text_len]) -> [b, d]`.
     Returns image_embeddings [n, d], text_embeddings [n·c, d] (captions of image i are rows
-    i·c .. i·c + c − 1), scene_keys [n], labels [n], captions [n·c] (str), images uint8 [n, H, W, 3].
+    i·c .. i·c + c − 1), scene_keys [n], labels [n], captions [n·c] (str), images uint8 [n, H, W, 3],
+    token_ids int32 [n·c, text_len].
     """
 
     def transform(example):
@@ -80,6 +81,7 @@ def embed_split(encode_images: Callable, encode_texts: Callable, source, tokeniz
         "captions": np.asarray([_str(c) for c in data["captions"].reshape(-1)]),
         "captions_per_image": captions_per_image,
         "images": data["images"],
+        "token_ids": token_ids,
     }
 
 

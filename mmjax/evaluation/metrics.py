@@ -430,3 +430,43 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
 def _hashable(key: Hashable) -> Hashable:
     """NumPy scalars as their Python equivalents, so np.bytes_(b"a") and b"a" are one key."""
     return key.item() if isinstance(key, np.generic) else key
+
+
+def reranked_recall(
+    candidates: np.ndarray,
+    scores: np.ndarray,
+    query_groups: np.ndarray,
+    gallery_groups: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[int, float]:
+    """recall@K after re-ranking each query's first-stage candidates by a second score.
+
+    ALBEF's retrieval: a cheap first stage (cosine similarity of separately computed embeddings)
+    picks k candidates per query; an expensive scorer that sees the pair (the ITM head on the
+    fusion stack) re-orders them:
+
+        reordered_q = candidates_q sorted by scores_q, descending (stable: first-stage order on ties)
+        recall@K    = (1/Q) Σ_q 1[ some g in reordered_q[:K] has gallery_groups[g] = query_groups[q] ]
+
+    Only the candidates can be found: K must not exceed k.
+
+    Args:
+      candidates: int [num_queries, k], gallery indices, first-stage best first.
+      scores: [num_queries, k] float, the second-stage score of each candidate.
+      query_groups: [num_queries] group ids; gallery_groups: [num_gallery] group ids.
+      ks: the cut-offs K <= k.
+
+    Returns:
+      {K: recall@K}.
+    """
+    candidates, scores = np.asarray(candidates), np.asarray(scores)
+    if candidates.shape != scores.shape or candidates.ndim != 2:
+        raise ValueError(f"candidates and scores must be equal [num_queries, k]; got {candidates.shape}, {scores.shape}")
+    ks = _check_ks(ks)
+    if max(ks) > candidates.shape[1]:
+        raise ValueError(f"recall@{max(ks)} needs at least {max(ks)} candidates per query; got {candidates.shape[1]}")
+    _check_no_nan(scores)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    reordered = np.take_along_axis(candidates, order, axis=1)
+    hits = np.asarray(gallery_groups)[reordered] == np.asarray(query_groups)[:, None]
+    return {k: float(np.mean(hits[:, :k].any(axis=1))) for k in ks}

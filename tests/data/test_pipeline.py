@@ -170,3 +170,48 @@ def test_vqa_preprocess_picks_a_question_with_its_answer_and_flips_both():
     assert flipped_some
     unknown = dict(examples[0], answers=["a purple elephant"] * len(examples[0]["answers"]))
     assert plain(unknown, np.random.default_rng(0))["answer"] == 0
+
+
+def qa_tokenizer(examples):
+    texts = [t for e in examples for t in e["questions"] + e["answers"] + e["captions"]]
+    return train_tokenizer(texts + [mirror_text(t) for t in texts], vocab_size=200)
+
+
+def test_multitask_fields_describe_the_same_flipped_image():
+    """With a caption, MLM and a QA sequence: one flip applies to all of them, as to the image."""
+    from mmjax.data.pipeline import scene_id
+
+    examples = shapes_examples(12)
+    tokenizer = qa_tokenizer(examples)
+    vocabulary = build_answer_vocabulary([a for e in examples for a in e["answers"]])
+    kwargs = dict(text_len=48, with_caption=True, with_mlm=True, qa_len=24)
+    plain = VqaPreprocess(tokenizer, 24, vocabulary, shapes.QUESTION_TYPES, **kwargs)
+    flip = VqaPreprocess(tokenizer, 24, vocabulary, shapes.QUESTION_TYPES, 1.0, mirror_text, **kwargs)
+    for seed, example in enumerate(examples):
+        out, out_flip = plain(example, np.random.default_rng(seed)), flip(example, np.random.default_rng(seed))
+        caption = tokenizer.decode(out["token_ids"])
+        assert caption in example["captions"]
+        assert tokenizer.decode(out_flip["token_ids"]) == mirror_text(caption)
+        assert tokenizer.decode(out_flip["question_ids"]) == mirror_text(tokenizer.decode(out["question_ids"]))
+        assert out["scene_id"] == out_flip["scene_id"] == scene_id(example["scene_key"])
+        np.testing.assert_array_equal(out["mlm_targets"], out["token_ids"])
+        # The QA sequence is the question then the answer; only the answer (and EOS) is scored.
+        qa = out_flip["qa_ids"][out_flip["qa_ids"] != PAD_ID]
+        scored = out_flip["qa_weights"] == 1
+        assert tokenizer.decode(out_flip["qa_ids"][scored]) == vocabulary[out_flip["answer"]] or out_flip["answer"] == 0
+        assert out_flip["qa_ids"][scored][-1] == EOS_ID and len(qa) == scored.sum() + (out_flip["question_ids"] > 0).sum() - 1
+
+
+def test_qa_sequence_layout_and_length_error():
+    from mmjax.data.pipeline import qa_sequence
+
+    examples = shapes_examples(4)
+    tokenizer = qa_tokenizer(examples)
+    question, answer = examples[0]["questions"][0], examples[0]["answers"][0]
+    ids, weights, prompt_len = qa_sequence(tokenizer, question, answer, 30)
+    question_ids, answer_ids = tokenizer.encode(question)[:-1], tokenizer.encode(answer)
+    assert prompt_len == len(question_ids)
+    assert ids[: prompt_len + len(answer_ids)].tolist() == question_ids + answer_ids
+    assert weights.tolist() == [0.0] * prompt_len + [1.0] * len(answer_ids) + [0.0] * (30 - prompt_len - len(answer_ids))
+    with pytest.raises(ValueError, match="raise qa_len"):
+        qa_sequence(tokenizer, question, answer, prompt_len)

@@ -206,3 +206,23 @@ def test_format_prompts_fills_every_template():
     assert len(prompts) == 2 and len(prompts[0]) == len(PROMPT_TEMPLATES)
     assert prompts[1][0] == PROMPT_TEMPLATES[0].format("pickup truck")
     assert all("{}" not in prompt for row in prompts for prompt in row)
+
+
+def test_reranked_recall_matches_brute_force_and_keeps_first_stage_order_on_ties():
+    from mmjax.evaluation.metrics import reranked_recall
+
+    rng = np.random.default_rng(0)
+    num_queries, num_gallery, k = 40, 30, 8
+    query_groups = rng.integers(0, 10, num_queries)
+    gallery_groups = rng.integers(0, 10, num_gallery)
+    candidates = np.stack([rng.permutation(num_gallery)[:k] for _ in range(num_queries)])
+    scores = rng.integers(0, 3, (num_queries, k)).astype(np.float32)  # many ties
+    recall = reranked_recall(candidates, scores, query_groups, gallery_groups, ks=(1, 5))
+    for cut in (1, 5):
+        hits = []
+        for q in range(num_queries):
+            order = sorted(range(k), key=lambda j: (-scores[q, j], j))
+            hits.append(any(gallery_groups[candidates[q, j]] == query_groups[q] for j in order[:cut]))
+        assert recall[cut] == pytest.approx(np.mean(hits))
+    with pytest.raises(ValueError, match="recall@10 needs at least 10 candidates"):
+        reranked_recall(candidates, scores, query_groups, gallery_groups, ks=(10,))

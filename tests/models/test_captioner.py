@@ -14,6 +14,7 @@ from mmjax.models.captioner import (
     CaptionDecoder,
     CoCa,
     beam_search,
+    greedy_search,
     gather_beams_in_cache,
     generate,
     init_decode_cache,
@@ -321,3 +322,41 @@ def test_generate_compiles_once_per_beam_size():
             assert tokens.shape == (BATCH, MAX_LEN) and tokens.dtype == jnp.int32
         # Every call in this module, this test's and the others', shared one trace.
         assert TRACES["generate", beam_size] == 1
+
+
+def test_a_prompt_is_forced_then_decoding_continues_greedily():
+    """Generative VQA: the prompt's tokens come out as given, then the greedy continuation of it."""
+    images, _ = random_inputs(5)
+    params = init_params(5)
+    model = make_model()
+    rng = np.random.default_rng(5)
+    lengths = np.array([1, 3, 4], np.int32)
+    prompt = np.zeros((BATCH, 4), np.int32)
+    for row, n in enumerate(lengths):
+        prompt[row, :n] = rng.integers(3, VOCAB, n)
+    search = jax.jit(lambda p, im, ids, n: greedy_search(
+        model, p, im, max_len=MAX_LEN, start_id=START_ID, eos_id=-1, prompt_ids=ids, prompt_lengths=n))
+    tokens = np.asarray(search(params, images, prompt, lengths))
+    # Reference without a cache: prompt, then argmax of the teacher-forced logits step by step.
+    reference = np.zeros((BATCH, MAX_LEN), np.int32)
+    for row, n in enumerate(lengths):
+        reference[row, :n] = prompt[row, :n]
+    for i in range(MAX_LEN):
+        logits = np.asarray(teacher_forced_logits(params, images, shift_right(jnp.asarray(reference), START_ID)))
+        free = i >= lengths
+        reference[free, i] = np.argmax(logits[free, i], axis=-1)
+    np.testing.assert_array_equal(tokens, reference)
+    with pytest.raises(ValueError, match="go together"):
+        greedy_search(model, params, images, max_len=MAX_LEN, start_id=START_ID, eos_id=EOS_ID, prompt_ids=prompt)
+
+
+def test_build_coca_names_unknown_fields():
+    from mmjax.models.captioner import build_coca
+
+    config = dict(embed_dim=8, image=dict(patch_size=8, width=16, depth=1, num_heads=2, mlp_dim=32),
+                  text=dict(vocab_size=VOCAB, max_len=TEXT_LEN, width=16, depth=1, num_heads=2, mlp_dim=32),
+                  decoder=dict(max_len=MAX_LEN, width=16, depth=1, num_heads=2, mlp_dim=32))
+    model = build_coca(config)
+    assert model.decoder.vocab_size == VOCAB and model.text_encoder.causal
+    with pytest.raises(ValueError, match=r"config.model.decoder has unknown field\(s\) \['widht'\]"):
+        build_coca(dict(config, decoder=dict(config["decoder"], widht=3)))
