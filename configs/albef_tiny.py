@@ -18,7 +18,7 @@ from mmjax.training.albef_task import AlbefTask
 
 def get_config() -> ml_collections.ConfigDict:
     config = early_fusion_vqa_tiny.get_config()
-    vit = early_fusion_vqa_tiny.clip_tiny.get_config().model.image
+    vit = early_fusion_vqa_tiny.image_tower()
     config.task = AlbefTask
     del config.build_model
     config.model = ml_collections.ConfigDict(dict(

@@ -23,11 +23,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Captions take up to 32 pieces with the question-aware tokenizer; question + answer up to 16.
     config.data.text_len = 36
     config.data.qa_len = 20
+    # Questions answered per image and step (of the 7 each `shapes` scene has).
+    config.data.qa_per_image = 4
     config.task = CocaTask
     del config.build_model
     config.model = ml_collections.ConfigDict(dict(
         embed_dim=128,
-        image=clip.model.image,
+        image=early_fusion_vqa_tiny.image_tower(),
         text=dict(clip.model.text, max_len=config.data.text_len),
         decoder=dict(max_len=config.data.text_len, width=128, depth=2, num_heads=4, mlp_dim=512,
                      activation=clip.model.image.activation),

@@ -17,7 +17,7 @@ from mmjax.models.fusion import build_late_fusion_classifier
 
 def get_config() -> ml_collections.ConfigDict:
     config = early_fusion_vqa_tiny.get_config()
-    vit = early_fusion_vqa_tiny.clip_tiny.get_config().model.image
+    vit = early_fusion_vqa_tiny.image_tower()
     config.build_model = build_late_fusion_classifier
     config.model = ml_collections.ConfigDict(dict(
         num_answers=early_fusion_vqa_tiny.NUM_ANSWERS,

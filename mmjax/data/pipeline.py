@@ -193,8 +193,11 @@ class VqaPreprocess:
       scene_id       int32 []              `scene_id(scene_key)`, equal for equal scenes
     with `with_mlm` (needs `with_caption`), the BERT-masked caption (see MaskedLanguagePreprocess):
       mlm_input_ids, mlm_targets int32 [text_len], mlm_mask bool [text_len]
-    with `qa_len > 0`, the question and answer as one decoder sequence (see `qa_sequence`):
-      qa_ids int32 [qa_len], qa_weights float32 [qa_len]
+    with `qa_len > 0`, questions and answers as decoder sequences (see `qa_sequence`): the picked
+    question first, then `qa_per_image - 1` other questions of the same image, all distinct:
+      qa_ids int32 [qa_per_image, qa_len], qa_weights float32 [qa_per_image, qa_len]
+    (A decoder reads the image once and answers several questions about it: more answers per
+    image-tower pass.)
 
     One of the example's questions (and captions) is picked at random. A flip mirrors the question
     *and* the answer *and* the caption ("what is left of the blue circle?" / "red square" stays
@@ -215,6 +218,7 @@ class VqaPreprocess:
         with_caption: bool = False,
         with_mlm: bool = False,
         qa_len: int = 0,
+        qa_per_image: int = 1,
     ):
         if flip_probability > 0 and mirror_text is None:
             raise ValueError("flip_probability > 0 needs mirror_text, or answers become false")
@@ -232,6 +236,9 @@ class VqaPreprocess:
         self.with_caption = with_caption
         self.with_mlm = with_mlm
         self.qa_len = qa_len
+        if qa_per_image < 1:
+            raise ValueError(f"qa_per_image must be >= 1; got {qa_per_image}")
+        self.qa_per_image = qa_per_image
 
     def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         pick = rng.integers(len(example["questions"]))
@@ -240,12 +247,23 @@ class VqaPreprocess:
         if qtype not in self.type_index:
             raise ValueError(f"unknown question type {qtype!r}; expected one of {list(self.type_index)}")
         texts = [question, answer]
+        extra = []
+        if self.qa_len and self.qa_per_image > 1:
+            others = [i for i in range(len(example["questions"])) if i != pick]
+            if len(others) < self.qa_per_image - 1:
+                raise ValueError(
+                    f"qa_per_image is {self.qa_per_image} but the example has only "
+                    f"{len(others) + 1} questions: lower config.data.qa_per_image"
+                )
+            extra = list(rng.permutation(others)[: self.qa_per_image - 1])
+        extra_texts = [_text(example[f][i]) for i in extra for f in ("questions", "answers")]
         if self.with_caption:
             captions = example["captions"]
             texts.append(_text(captions[rng.integers(len(captions))]))
         image, texts = _maybe_flip(
-            np.asarray(example["image"]), texts, rng, self.flip_probability, self.mirror_text
+            np.asarray(example["image"]), texts + extra_texts, rng, self.flip_probability, self.mirror_text
         )
+        texts, extra_texts = texts[: len(texts) - len(extra_texts)], texts[len(texts) - len(extra_texts):]
         question, answer = texts[0], texts[1]
         out = {
             "images": image,
@@ -264,7 +282,10 @@ class VqaPreprocess:
             out.update(mlm_input_ids=inputs.astype(np.int32), mlm_targets=targets.astype(np.int32),
                        mlm_mask=mask)
         if self.qa_len:
-            out["qa_ids"], out["qa_weights"], _ = qa_sequence(self.tokenizer, question, answer, self.qa_len)
+            pairs = [(question, answer)] + list(zip(extra_texts[0::2], extra_texts[1::2]))
+            sequences = [qa_sequence(self.tokenizer, q, a, self.qa_len)[:2] for q, a in pairs]
+            out["qa_ids"] = np.stack([ids for ids, _ in sequences])
+            out["qa_weights"] = np.stack([weights for _, weights in sequences])
         return out
 
 

@@ -297,6 +297,7 @@ class PatchTokens(nn.Module):
     patch_size: int
     width: int
     position_embedding: str = "learned"
+    position_temperature: float = 10_000.0
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -306,7 +307,8 @@ class PatchTokens(nn.Module):
         )
         if self.position_embedding == "sincos2d":
             grid = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
-            return tokens + jnp.asarray(sincos_2d_position_embedding(*grid, self.width), self.dtype)
+            table = sincos_2d_position_embedding(*grid, self.width, self.position_temperature)
+            return tokens + jnp.asarray(table, self.dtype)
         return LearnedPositionEmbedding(tokens.shape[1], name="pos_embed")(tokens)
 
 
@@ -330,6 +332,7 @@ class EarlyFusion(nn.Module):
       width, depth, num_heads, mlp_dim: the shared transformer.
       num_answers: size of the VQA answer vocabulary.
       position_embedding: of the image patches, "learned" (ViLT) or "sincos2d" (fixed).
+      position_temperature: the sin-cos embedding's longest wavelength (see `ViT`).
       pad_id: the text padding id.
     """
 
@@ -342,6 +345,7 @@ class EarlyFusion(nn.Module):
     mlp_dim: int
     num_answers: int
     position_embedding: str = "learned"
+    position_temperature: float = 10_000.0
     pad_id: int = PAD_ID
     activation: Callable[[Array], Array] = gelu
     dropout_rate: float = 0.0
@@ -360,7 +364,8 @@ class EarlyFusion(nn.Module):
 
     def setup(self):
         self.image_embed = PatchTokens(
-            self.patch_size, self.width, self.position_embedding, dtype=self.dtype, name="image_embed"
+            self.patch_size, self.width, self.position_embedding, self.position_temperature,
+            dtype=self.dtype, name="image_embed",
         )
         self.token_embed = TokenEmbed(self.vocab_size, self.width, dtype=self.dtype, name="token_embed")
         self.text_pos_embed = LearnedPositionEmbedding(self.max_text_len, name="text_pos_embed")

@@ -11,10 +11,14 @@ caption. At test time the question is forced through the cached decoder (`greedy
 prompt) and the words it writes next, up to EOS, are the answer; an answer outside the
 vocabulary of training answers is wrong.
 
-Batch (from `VqaPreprocess(with_caption=True, qa_len=...)`):
+Several questions per image (config.data.qa_per_image = K): the image tower runs once per image
+and the decoder answers K of its questions, so each step sees K times more answers for little
+more than the decoder's cost on K short sequences.
+
+Batch (from `VqaPreprocess(with_caption=True, qa_len=..., qa_per_image=K)`):
     images uint8 [B, H, W, 3]; token_ids int32 [B, text_len] (a caption, ending in EOS);
-    qa_ids int32 [B, qa_len]; qa_weights float32 [B, qa_len]; and the classification fields
-    question_ids, answer, question_type, scene_id (unused by the loss).
+    qa_ids int32 [B, K, qa_len]; qa_weights float32 [B, K, qa_len]; and the classification
+    fields question_ids, answer, question_type, scene_id (unused by the loss).
 """
 
 from __future__ import annotations
@@ -45,15 +49,22 @@ LOSS_WEIGHTS = {"contrastive": 1.0, "caption": 2.0, "vqa": 1.0}  # CoCa: λ_con 
 
 def coca_objectives(model: CoCa, images: Array, token_ids: Array, qa_ids: Array,
                     deterministic: bool) -> dict[str, Array]:
-    """One image-tower pass; contrastive embeddings, caption logits, question-answer logits."""
+    """One image-tower pass; contrastive embeddings, caption logits, question-answer logits.
+
+    qa_ids [B, K, L_qa] -> qa_logits [B, K, L_qa, V]: row b·K + k of the decoder's batch reads
+    image b's tokens.
+    """
     image = model.image_encoder(images, deterministic=deterministic)
-    decode = functools.partial(model.decoder, image_tokens=image["tokens"], deterministic=deterministic)
+    batch, per_image, qa_len = qa_ids.shape
+    decode = functools.partial(model.decoder, deterministic=deterministic)
+    qa_logits = decode(shift_right(qa_ids.reshape(batch * per_image, qa_len), START_ID),
+                       jnp.repeat(image["tokens"], per_image, axis=0))
     return {
         "image_embeddings": l2_normalize(model.image_projection(image["pooled"])),
         "text_embeddings": model.encode_text(token_ids, deterministic),
         "logit_scale": jnp.minimum(jnp.exp(model.log_logit_scale), model.max_logit_scale),
-        "caption_logits": decode(shift_right(token_ids, START_ID)),
-        "qa_logits": decode(shift_right(qa_ids, START_ID)),
+        "caption_logits": decode(shift_right(token_ids, START_ID), image["tokens"]),
+        "qa_logits": qa_logits.reshape(batch, per_image, qa_len, -1),
     }
 
 
@@ -78,8 +89,9 @@ class CocaTask:
         return {
             "images": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
             "token_ids": ids(config.data.text_len), "scene_id": scalar,
-            "qa_ids": ids(config.data.qa_len),
-            "qa_weights": jax.ShapeDtypeStruct((batch_size, config.data.qa_len), jnp.float32),
+            "qa_ids": jax.ShapeDtypeStruct((batch_size, config.data.qa_per_image, config.data.qa_len), jnp.int32),
+            "qa_weights": jax.ShapeDtypeStruct(
+                (batch_size, config.data.qa_per_image, config.data.qa_len), jnp.float32),
             "question_ids": ids(config.data.question_len), "answer": scalar, "question_type": scalar,
         }
 
@@ -90,6 +102,7 @@ class CocaTask:
             data.tokenizer, config.data.question_len, data.answer_vocabulary(), data.question_types,
             config.data.flip_probability, data.mirror_text,
             text_len=config.data.text_len, with_caption=True, qa_len=config.data.qa_len,
+            qa_per_image=config.data.qa_per_image,
         )
 
     def init(self, rng: Array, batch: dict[str, Array]) -> Any:
