@@ -47,8 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
     ))
     # Smaller batches, more steps: at this size the number of updates, not the batch, limits.
     config.batch_size = 128
-    config.num_steps = 800
+    config.num_steps = 1000
     config.optimizer.weight_decay = 0.05
-    config.checkpoint_every = 400
+    config.checkpoint_every = 500
     del config.eval.prompt_templates
     return config

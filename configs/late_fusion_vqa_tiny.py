@@ -25,4 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
         text=dict(vocab_size=256, max_len=config.data.question_len, width=128, depth=2, num_heads=4,
                   mlp_dim=512, causal=False, pool="mean", activation=vit.activation),
     ))
+    # Cheaper per step than early fusion (no attention over image and question together).
+    config.num_steps = 1200
+    config.checkpoint_every = 600
     return config

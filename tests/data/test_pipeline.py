@@ -196,10 +196,32 @@ def test_multitask_fields_describe_the_same_flipped_image():
         assert out["scene_id"] == out_flip["scene_id"] == scene_id(example["scene_key"])
         np.testing.assert_array_equal(out["mlm_targets"], out["token_ids"])
         # The QA sequence is the question then the answer; only the answer (and EOS) is scored.
-        qa = out_flip["qa_ids"][out_flip["qa_ids"] != PAD_ID]
-        scored = out_flip["qa_weights"] == 1
-        assert tokenizer.decode(out_flip["qa_ids"][scored]) == vocabulary[out_flip["answer"]] or out_flip["answer"] == 0
-        assert out_flip["qa_ids"][scored][-1] == EOS_ID and len(qa) == scored.sum() + (out_flip["question_ids"] > 0).sum() - 1
+        assert out_flip["qa_ids"].shape == out_flip["qa_weights"].shape == (1, 24)
+        qa_ids, qa_weights = out_flip["qa_ids"][0], out_flip["qa_weights"][0]
+        qa = qa_ids[qa_ids != PAD_ID]
+        scored = qa_weights == 1
+        assert tokenizer.decode(qa_ids[scored]) == vocabulary[out_flip["answer"]] or out_flip["answer"] == 0
+        assert qa_ids[scored][-1] == EOS_ID and len(qa) == scored.sum() + (out_flip["question_ids"] > 0).sum() - 1
+
+
+def test_several_questions_per_image_are_distinct_and_flipped_with_it():
+    examples = shapes_examples(8)
+    tokenizer = qa_tokenizer(examples)
+    vocabulary = build_answer_vocabulary([a for e in examples for a in e["answers"]])
+    kwargs = dict(qa_len=24, qa_per_image=4)
+    plain = VqaPreprocess(tokenizer, 24, vocabulary, shapes.QUESTION_TYPES, **kwargs)
+    flip = VqaPreprocess(tokenizer, 24, vocabulary, shapes.QUESTION_TYPES, 1.0, mirror_text, **kwargs)
+    for seed, example in enumerate(examples):
+        out, out_flip = plain(example, np.random.default_rng(seed)), flip(example, np.random.default_rng(seed))
+        assert out["qa_ids"].shape == (4, 24)
+        texts = [tokenizer.decode(row[row != PAD_ID]) for row in out["qa_ids"]]
+        pairs = {q + " " + a for q, a in zip(example["questions"], example["answers"])}
+        assert len(set(texts)) == 4 and set(texts) <= pairs
+        flipped = [tokenizer.decode(row[row != PAD_ID]) for row in out_flip["qa_ids"]]
+        assert flipped == [mirror_text(t) for t in texts]
+    with pytest.raises(ValueError, match="lower config.data.qa_per_image"):
+        VqaPreprocess(tokenizer, 24, vocabulary, shapes.QUESTION_TYPES, qa_len=24, qa_per_image=8)(
+            examples[0], np.random.default_rng(0))
 
 
 def test_qa_sequence_layout_and_length_error():
