@@ -22,7 +22,6 @@ run once per image and once per caption; only the fusion stack and the ITM head 
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import numpy as np

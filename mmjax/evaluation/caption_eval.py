@@ -11,7 +11,7 @@ they describe the scene exactly.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
