@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.models.clip import l2_normalize
+from mmjax.models.clip import PROJECTION_INIT, l2_normalize
 from mmjax.models.fusion import attribute_names, check_fields
 from mmjax.models.text import PAD_ID, TextTransformer
 from mmjax.models.vit import ViT
@@ -149,7 +149,9 @@ class CaptionDecoder(nn.Module):
         # Token and position embeddings; when decoding, the positions continue where the cache is.
         x = TokenEmbed(self.vocab_size, self.width, dtype=self.dtype, name="token_embed")(decoder_input_ids)
         position_table = self.param(
-            "pos_embed", nn.initializers.normal(0.01), (self.max_len, self.width)
+            "pos_embed",
+            nn.with_logical_partitioning(nn.initializers.normal(0.01), ("length", "embed")),
+            (self.max_len, self.width),
         )
         first_position = self._advance_position(seq) if decode else 0
         positions = jax.lax.dynamic_slice_in_dim(position_table, first_position, seq, axis=0)
@@ -171,7 +173,13 @@ class CaptionDecoder(nn.Module):
         )(x, image_tokens, None, None, deterministic, decode)
 
         # Vocabulary projection (untied, with a bias); logits in float32 for the softmax.
-        logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="output_projection")(x)
+        logits = nn.Dense(
+            self.vocab_size,
+            dtype=self.dtype,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+            name="output_projection",
+        )(x)
         return logits.astype(jnp.float32)
 
     def _advance_position(self, num_new: int) -> Array:
@@ -221,8 +229,12 @@ class CoCa(nn.Module):
     max_logit_scale: float = 100.0
 
     def setup(self):
-        self.image_projection = nn.Dense(self.embed_dim, use_bias=False, name="image_projection")
-        self.text_projection = nn.Dense(self.embed_dim, use_bias=False, name="text_projection")
+        self.image_projection = nn.Dense(
+            self.embed_dim, use_bias=False, kernel_init=PROJECTION_INIT, name="image_projection"
+        )
+        self.text_projection = nn.Dense(
+            self.embed_dim, use_bias=False, kernel_init=PROJECTION_INIT, name="text_projection"
+        )
         self.log_logit_scale = self.param(
             "logit_scale", nn.initializers.constant(self.logit_scale_init), ()
         )

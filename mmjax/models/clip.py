@@ -28,6 +28,10 @@ from mmjax.models.vit import ViT
 
 Array = jax.Array
 
+# Tower width -> shared embedding space, [width, embed_dim]: FSDP splits the tower width
+# (see mmjax.training.sharding); the joint space is small and stays whole.
+PROJECTION_INIT = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", None))
+
 
 def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
     """x / max(||x||, eps) along `axis`, computed in float32."""
@@ -57,8 +61,12 @@ class CLIP(nn.Module):
     logit_bias_init: float | None = None
 
     def setup(self):
-        self.image_projection = nn.Dense(self.embed_dim, use_bias=False, name="image_projection")
-        self.text_projection = nn.Dense(self.embed_dim, use_bias=False, name="text_projection")
+        self.image_projection = nn.Dense(
+            self.embed_dim, use_bias=False, kernel_init=PROJECTION_INIT, name="image_projection"
+        )
+        self.text_projection = nn.Dense(
+            self.embed_dim, use_bias=False, kernel_init=PROJECTION_INIT, name="text_projection"
+        )
         self.log_logit_scale = self.param(
             "logit_scale", nn.initializers.constant(self.logit_scale_init), ()
         )

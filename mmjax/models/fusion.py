@@ -87,7 +87,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.models.clip import l2_normalize
+from mmjax.models.clip import PROJECTION_INIT, l2_normalize
 from mmjax.models.text import PAD_ID, TextTransformer
 from mmjax.models.vit import ViT
 from mmjax.nn.embed import (
@@ -204,8 +204,12 @@ class MidFusion(nn.Module):
         super().__post_init__()
 
     def setup(self):
-        self.image_projection = nn.Dense(self.embed_dim, use_bias=False, name="image_projection")
-        self.text_projection = nn.Dense(self.embed_dim, use_bias=False, name="text_projection")
+        self.image_projection = nn.Dense(
+            self.embed_dim, use_bias=False, kernel_init=PROJECTION_INIT, name="image_projection"
+        )
+        self.text_projection = nn.Dense(
+            self.embed_dim, use_bias=False, kernel_init=PROJECTION_INIT, name="text_projection"
+        )
         self.log_logit_scale = self.param(
             "logit_scale", nn.initializers.constant(self.logit_scale_init), ()
         )

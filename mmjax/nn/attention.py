@@ -186,6 +186,55 @@ def fused_dot_product_attention(
     return out
 
 
+class HeadProjection(nn.Module):
+    """The linear maps into and out of the heads, with logical axis names on their parameters.
+
+        split (default):   [..., width] · kernel[width, heads, head_dim] + bias[heads, head_dim]
+                           -> [..., heads, head_dim]          logical axes (embed, heads, kv)
+        merge_heads=True:  [..., heads, head_dim] · kernel[heads, head_dim, width] + bias[width]
+                           -> [..., width]                    logical axes (heads, kv, embed)
+
+    Parameters, names and initial values are those of `nn.DenseGeneral` (the kernel initialiser
+    sees the flattened 2-D shape, so fan-in and fan-out are those of the whole projection); it is
+    written out because DenseGeneral hands the initialiser that flattened shape, on which the
+    3-D axis names cannot be placed.
+    """
+
+    features: int | tuple[int, int]
+    merge_heads: bool = False
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.merge_heads:
+            kernel_shape = (*x.shape[-2:], self.features)
+            names, bias_shape, bias_names = ("heads", "kv", "embed"), (self.features,), ("embed",)
+            equation = "...hd,hdo->...o"
+        else:
+            kernel_shape = (x.shape[-1], *self.features)
+            names, bias_shape, bias_names = ("embed", "heads", "kv"), self.features, ("heads", "kv")
+            equation = "...i,ihd->...hd"
+        flat = (kernel_shape[0] * kernel_shape[1], kernel_shape[2]) if self.merge_heads else (
+            kernel_shape[0], kernel_shape[1] * kernel_shape[2])
+
+        def init(rng, shape, dtype):
+            return self.kernel_init(rng, flat, dtype).reshape(shape)
+
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, names), kernel_shape, self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_names),
+                bias_shape, self.param_dtype,
+            )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.einsum(equation, x, kernel)
+        return y if bias is None else y + bias
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: project, attend per head, merge heads, project back.
 
@@ -266,8 +315,10 @@ class MultiHeadAttention(nn.Module):
                 f"width {width} is not divisible by num_heads {self.num_heads}; "
                 "set head_dim explicitly or change num_heads"
             )
-        dense = lambda name: nn.DenseGeneral(  # noqa: E731 - three identical projections
-            features=(self.num_heads, head_dim),
+        # Logical axes (see mmjax.training.sharding): tensor parallelism splits the heads, so
+        # each device projects, attends and merges its own heads; FSDP splits the width.
+        project = lambda name: HeadProjection(  # noqa: E731 - three identical projections
+            (self.num_heads, head_dim),
             use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -275,9 +326,10 @@ class MultiHeadAttention(nn.Module):
             name=name,
         )
         # [batch, len, width] -> [batch, len, heads, head_dim]
-        query = dense("query")(inputs_q)
-        key = dense("key")(inputs_kv)
-        value = dense("value")(inputs_kv)
+        heads_axes = ("batch", "length", "heads", "kv")
+        query = nn.with_logical_constraint(project("query")(inputs_q), heads_axes)
+        key = nn.with_logical_constraint(project("key")(inputs_kv), heads_axes)
+        value = nn.with_logical_constraint(project("value")(inputs_kv), heads_axes)
 
         if decode:
             # Keys/values become the whole cache [batch, max_len, ...]; the mask adds causality.
@@ -301,9 +353,9 @@ class MultiHeadAttention(nn.Module):
                 deterministic=deterministic,
             )
         # Merge heads and project: [batch, q_len, heads, head_dim] -> [batch, q_len, out].
-        return nn.DenseGeneral(
-            features=self.out_features or width,
-            axis=(-2, -1),
+        return HeadProjection(
+            self.out_features or width,
+            merge_heads=True,
             use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -56,6 +56,10 @@ class PatchEmbed(nn.Module):
             use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            # [p, p, channels, width]: FSDP splits the output width.
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), (None, None, None, "embed")
+            ),
             name="conv",
         )(images)
         batch, grid_h, grid_w, dim = tokens.shape
@@ -97,7 +101,10 @@ class LearnedPositionEmbedding(nn.Module):
         if seq > self.max_len:
             raise ValueError(f"sequence length {seq} exceeds max_len {self.max_len}")
         table = self.param(
-            "embedding", nn.initializers.normal(self.init_std), (self.max_len, width), self.param_dtype
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ("length", "embed")),
+            (self.max_len, width),
+            self.param_dtype,
         )
         return tokens + table[:seq].astype(tokens.dtype)
 
@@ -118,7 +125,9 @@ class TokenEmbed(nn.Module):
         self.embed = nn.Embed(
             self.vocab_size,
             self.width,
-            embedding_init=nn.initializers.normal(self.init_std),
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(self.init_std), ("vocab", "embed")
+            ),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )

@@ -40,6 +40,9 @@ from mmjax.nn.attention import MultiHeadAttention, combine_masks, make_causal_ma
 
 Array = jax.Array
 
+# Logical axes of the residual stream [batch, seq, width] (see mmjax.training.sharding).
+RESIDUAL_AXES = ("batch", "length", "act_embed")
+
 # Exact (erf) GELU, as torch.nn.GELU and the CLIP/ViT papers use.
 gelu = functools.partial(jax.nn.gelu, approximate=False)
 
@@ -62,9 +65,22 @@ class MlpBlock(nn.Module):
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
         width = x.shape[-1]
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = self.activation(dense(self.mlp_dim, name="fc1")(x))
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-        return dense(width, name="fc2")(h)
+        # Megatron's split under tensor parallelism: fc1 column-parallel (each device computes
+        # its slice of the hidden units), fc2 row-parallel (partial sums, one all-reduce).
+        h = dense(
+            self.mlp_dim,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
+            name="fc1",
+        )(x)
+        if h.ndim == 3:
+            h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = nn.Dropout(self.dropout_rate)(self.activation(h), deterministic=deterministic)
+        return dense(
+            width,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "embed")),
+            name="fc2",
+        )(h)
 
 
 class EncoderBlock(nn.Module):
@@ -85,6 +101,8 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> Array:
+        # The residual stream: examples split over the data-parallel axes, width whole.
+        x = nn.with_logical_constraint(x, RESIDUAL_AXES)
         norm = functools.partial(
             nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
         )
@@ -272,6 +290,7 @@ class CrossAttentionBlock(nn.Module):
             )
         _check_mask("self_mask", self_mask)
         _check_mask("context_mask", context_mask)
+        x = nn.with_logical_constraint(x, RESIDUAL_AXES)
         norm = functools.partial(
             nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
         )

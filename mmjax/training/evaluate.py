@@ -24,7 +24,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     run_tokenizer = os.path.join(workdir, "tokenizer.model")
     data = prepare_shapes(config.data, build_if_missing=False,
                           tokenizer_path=run_tokenizer if os.path.exists(run_tokenizer) else None)
-    mesh = shd.make_mesh(config.mesh.data)
+    mesh = shd.make_mesh(config.mesh)
     task, _, _, abstract_state, _ = setup_training(config, mesh)
     state = checkpointer.restore(abstract_state, data_iterator=None, step=step)
     checkpointer.close()

@@ -22,6 +22,10 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
     return config.to_json_best_effort(sort_keys=True, indent=2)
 
 
+def _zeros(batch_spec: dict) -> dict:
+    return {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()}
+
+
 def build_task(config: ml_collections.ConfigDict) -> Any:
     """The task named by `config.task` (a class with `from_config`, e.g. ContrastiveTask)."""
     if "task" not in config or not hasattr(config.task, "from_config"):
@@ -57,12 +61,20 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     batch_spec = task.example_batch(config, config.batch_size)
 
     def init_fn_inner(rng):
-        batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()}
-        return create_train_state(task, optimizer, rng, batch)
+        return create_train_state(task, optimizer, rng, _zeros(batch_spec))
 
     rng = jax.random.key(config.seed)
     abstract = jax.eval_shape(init_fn_inner, rng)
-    state_shardings = shd.tree_shardings(abstract, shd.replicated(mesh))
+    # The parameters' logical axis names (from the modules' annotations) and the rules give
+    # each parameter its sharding; the optimizer state follows the parameters it mirrors.
+    boxed_params = jax.eval_shape(task.init, rng, batch_spec)
+    params_shardings = shd.param_shardings(boxed_params, mesh)
+    state_shardings = abstract.replace(
+        step=shd.replicated(mesh),
+        params=params_shardings,
+        opt_state=shd.optimizer_state_shardings(abstract.opt_state, abstract.params, params_shardings, mesh),
+        rng=shd.replicated(mesh),
+    )
     abstract_state = jax.tree.map(
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, state_shardings
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import optax
 from flax import struct
 
@@ -27,9 +28,14 @@ class TrainState(struct.PyTreeNode):
 def create_train_state(
     task: Any, optimizer: optax.GradientTransformation, rng: jax.Array, example_batch: dict
 ) -> TrainState:
-    """Initialises parameters from `example_batch`'s shapes and the optimizer state."""
+    """Initialises parameters from `example_batch`'s shapes and the optimizer state.
+
+    `task.init` returns parameters boxed with their logical axis names (`nn.LogicallyPartitioned`,
+    read by `sharding.param_shardings`); the state holds plain arrays: the names have done their
+    job once the shardings are known, and plain arrays keep checkpoints and optimizers simple.
+    """
     init_rng, train_rng = jax.random.split(rng)
-    params = task.init(init_rng, example_batch)
+    params = nn.meta.unbox(task.init(init_rng, example_batch))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -3,6 +3,7 @@
 import collections
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,7 +97,7 @@ def init_params(seed: int):
     init, _ = _jitted()
     # An RBG key: its initialisers compile in about half the time of the default (threefry) ones.
     key = jax.random.key(seed, impl="rbg")
-    return init(key, images, token_ids, shift_right(token_ids, START_ID))["params"]
+    return nn.unbox(init(key, images, token_ids, shift_right(token_ids, START_ID)))["params"]
 
 
 def teacher_forced_logits(params, images, decoder_input_ids):

@@ -4,6 +4,7 @@ Forward passes are jitted: one compilation is much faster on a CPU than dispatch
 few hundred small operations one by one.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +24,7 @@ from mmjax.nn.transformer import (
 def test_mlp_block_equals_explicit_formula():
     x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
     module = MlpBlock(mlp_dim=16)
-    p = module.init(jax.random.key(0), x)["params"]
+    p = nn.unbox(module.init(jax.random.key(0), x))["params"]
     h = x @ np.asarray(p["fc1"]["kernel"]) + np.asarray(p["fc1"]["bias"])
     h = np.asarray(jax.nn.gelu(h, approximate=False))
     expected = h @ np.asarray(p["fc2"]["kernel"]) + np.asarray(p["fc2"]["bias"])
@@ -41,7 +42,7 @@ def test_scanned_stack_equals_unrolled_blocks(remat):
     x = np.random.default_rng(1).standard_normal((2, 6, 16)).astype(np.float32)
     mask = make_causal_mask(6)
     scanned = Encoder(depth=3, num_heads=4, mlp_dim=32, scan=True, remat=remat)
-    p = jax.jit(scanned.init)(jax.random.key(0), x, mask)["params"]
+    p = nn.unbox(jax.jit(scanned.init)(jax.random.key(0), x, mask))["params"]
     assert p["blocks"]["mlp"]["fc1"]["kernel"].shape == (3, 16, 32)
     out = jax.jit(scanned.apply)({"params": p}, x, mask)
 
@@ -56,7 +57,7 @@ def test_causal_stack_ignores_future_tokens():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 8, 16)).astype(np.float32)
     enc = Encoder(depth=2, num_heads=2, mlp_dim=32)
-    p = jax.jit(enc.init)(jax.random.key(0), x, make_causal_mask(8))
+    p = nn.unbox(jax.jit(enc.init)(jax.random.key(0), x, make_causal_mask(8)))
     x2 = x.copy()
     x2[:, 6:] = rng.standard_normal((1, 2, 16))
     apply = jax.jit(enc.apply)
@@ -68,7 +69,7 @@ def test_causal_stack_ignores_future_tokens():
 def test_dropout_only_in_training_mode():
     x = np.random.default_rng(3).standard_normal((2, 4, 16)).astype(np.float32)
     block = EncoderBlock(num_heads=2, mlp_dim=32, dropout_rate=0.5)
-    p = jax.jit(block.init)(jax.random.key(0), x)
+    p = nn.unbox(jax.jit(block.init)(jax.random.key(0), x))
     apply = jax.jit(block.apply, static_argnums=(3,))  # argument 3 is `deterministic`
     det = apply(p, x, None, True)
     np.testing.assert_array_equal(det, apply(p, x, None, True))
@@ -99,7 +100,7 @@ class TestCrossAttentionBlock:
         context_mask = image_valid[:, None, None, :]
         text_mask = make_padding_mask(np.ones((2, 5), bool))
         block = CrossAttentionBlock(num_heads=2, mlp_dim=32)
-        p = jax.jit(block.init)(jax.random.key(1), text, image_tokens, text_mask, context_mask)
+        p = nn.unbox(jax.jit(block.init)(jax.random.key(1), text, image_tokens, text_mask, context_mask))
         apply = jax.jit(block.apply)
         out = apply(p, text, image_tokens, text_mask, context_mask)
 
@@ -117,7 +118,7 @@ class TestCrossAttentionBlock:
         text = rng.standard_normal((1, 6, 16)).astype(np.float32)
         image_tokens = rng.standard_normal((1, 3, 16)).astype(np.float32)
         block = CrossAttentionBlock(num_heads=2, mlp_dim=32, causal=causal)
-        p = jax.jit(block.init)(jax.random.key(2), text, image_tokens)
+        p = nn.unbox(jax.jit(block.init)(jax.random.key(2), text, image_tokens))
         later_changed = text.copy()
         later_changed[:, 4:] = rng.standard_normal((1, 2, 16))
         apply = jax.jit(block.apply)
@@ -143,7 +144,7 @@ def test_scanned_cross_attention_stack_equals_unrolled_blocks():
     args = (text, image_tokens, text_mask, context_mask)
 
     scanned = CrossAttentionStack(depth=3, num_heads=2, mlp_dim=32, causal=True, scan=True, remat=True)
-    p = jax.jit(scanned.init)(jax.random.key(3), *args)["params"]
+    p = nn.unbox(jax.jit(scanned.init)(jax.random.key(3), *args))["params"]
     assert p["blocks"]["cross_attn"]["key"]["kernel"].shape == (3, 12, 2, 8)
     out = jax.jit(scanned.apply)({"params": p}, *args)
 

@@ -51,7 +51,7 @@ def data_dir(tmp_path_factory):
 
 
 def saved_params(workdir, config, step=None):
-    mesh = shd.make_mesh(config.mesh.data)
+    mesh = shd.make_mesh(config.mesh)
     _, _, _, abstract_state, _ = setup_training(config, mesh)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     state = checkpointer.restore(abstract_state, data_iterator=None, step=step)

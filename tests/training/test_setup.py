@@ -13,10 +13,11 @@ from configs import clip_b16, clip_small, clip_tiny
 from mmjax.training import sharding as shd
 from mmjax.training.setup import setup_training
 from mmjax.training.state import count_params
+from mmjax.training.tasks import ContrastiveTask
 
 
-def lower_and_compile(config, num_devices=8):
-    mesh = shd.make_mesh(num_devices)
+def lower_and_compile(config, mesh_config=8):
+    mesh = shd.make_mesh(mesh_config)
     task, _, _, abstract_state, train_step = setup_training(config, mesh)
     batch = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shd.batch_sharding(mesh))
@@ -25,15 +26,22 @@ def lower_and_compile(config, num_devices=8):
     return abstract_state, train_step.lower(abstract_state, batch).compile()
 
 
-def test_clip_b16_step_compiles_on_an_8_device_mesh():
+def test_clip_b16_step_compiles_fully_sharded_on_an_8_device_mesh():
     config = clip_b16.get_config()
-    abstract_state, compiled = lower_and_compile(config)
+    abstract_state, compiled = lower_and_compile(config, {"fsdp": 8})
     # Exactly the parameter count of OpenAI's ViT-B/16 CLIP.
     assert count_params(abstract_state.params) == 149_620_737
-    # Parameters are replicated, the batch is split 8 ways.
+    # Weights are split 8 ways along the model width (FSDP), and so is the batch.
     kernel = abstract_state.params["image_encoder"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"]
-    assert kernel.shape == (12, 768, 3072) and kernel.sharding.spec == jax.sharding.PartitionSpec()
-    assert compiled.input_shardings[0][1]["images"].spec == jax.sharding.PartitionSpec("data")
+    assert kernel.shape == (12, 768, 3072) and kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    assert compiled.input_shardings[0][1]["images"].spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+    # The compiled step's inputs per device: 1/8 of parameters + Adam moments (3 x 4 bytes per
+    # parameter; LayerNorms, biases and other small leaves stay whole) plus 1/8 of the batch.
+    state_bytes = 3 * 4 * count_params(abstract_state.params)
+    batch_bytes = sum(v.size * v.dtype.itemsize for v in
+                      ContrastiveTask.example_batch(config, config.batch_size).values())
+    per_device = compiled.memory_analysis().argument_size_in_bytes
+    assert (state_bytes + batch_bytes) / 8 < per_device < 1.03 * (state_bytes + batch_bytes) / 8
     # Analytic count of the layers' matmul FLOPs for one step: 6 x (12 width² per layer) x tokens
     # (forward 2 FLOPs per multiply-add, backward twice that).
     image_tokens, text_tokens = 197, 77

@@ -37,9 +37,9 @@ def random_batch(seed, batch_size=16):
     return {"images": rng.integers(0, 256, (batch_size, 16, 16, 3)).astype(np.uint8), "token_ids": ids}
 
 
-def run_steps(num_devices, batches):
-    mesh = shd.make_mesh(num_devices)
-    _, _, init_fn, _, train_step = setup_training(tiny_config(), mesh)
+def run_steps(mesh_config, batches, config=None):
+    mesh = shd.make_mesh(mesh_config)
+    _, _, init_fn, _, train_step = setup_training(config or tiny_config(), mesh)
     state = init_fn()
     losses = []
     for batch in batches:
@@ -48,17 +48,33 @@ def run_steps(num_devices, batches):
     return state, losses
 
 
-def test_eight_devices_equal_one_device():
-    assert jax.device_count() == 8, "tests/conftest.py forces 8 host devices"
+@pytest.fixture(scope="module")
+def one_device_run():
     batches = [random_batch(s) for s in range(3)]
-    state1, losses1 = run_steps(1, batches)
-    state8, losses8 = run_steps(8, batches)
+    return batches, run_steps(1, batches)
+
+
+@pytest.mark.parametrize(
+    "mesh_config",
+    [{"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}, {"data": 4, "tensor": 2}],
+    ids=["dp8", "fsdp8", "dp2-fsdp2-tp2", "dp4-tp2"],
+)
+def test_parallel_layouts_equal_one_device(one_device_run, mesh_config):
+    """Data, fully sharded and tensor parallelism change where numbers live, not what they are."""
+    assert jax.device_count() == 8, "tests/conftest.py forces 8 host devices"
+    batches, (state1, losses1) = one_device_run
+    state8, losses8 = run_steps(mesh_config, batches)
     np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(state1.params), jax.tree.leaves(state8.params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
-    # The 8-device state really is laid out on 8 devices.
-    leaf = jax.tree.leaves(state8.params)[0]
-    assert len(leaf.sharding.device_set) == 8
+    for a, b in zip(jax.tree.leaves(state1.opt_state), jax.tree.leaves(state8.opt_state)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    # The state really is laid out on all 8 devices, and each device holds the fraction of a
+    # sharded weight that the layout says.
+    fc1 = state8.params["image_encoder"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"]  # [2, 32, 64]
+    assert len(fc1.sharding.device_set) == 8
+    ways = mesh_config.get("fsdp", 1) * mesh_config.get("tensor", 1)
+    assert fc1.addressable_shards[0].data.size == fc1.size // ways
     assert losses1[-1] != losses1[0]
 
 
