@@ -6,9 +6,12 @@
 
 Saving the data position with the state is what makes a resume *exact*: the run continues with the
 batch it would have seen, not with a reshuffled epoch. Saves are asynchronous (training goes on
-while the files are written) and atomic: Orbax writes into a temporary directory and renames it when
-complete, so a crash during a save leaves the previous checkpoint untouched, and an unfinished one
-is never picked up as "latest". Only `keep` checkpoints are kept.
+while the files are written) and atomic: Orbax writes into a temporary directory
+(`<step>.orbax-checkpoint-tmp-<time>`) and renames it to `<step>` when complete, so a crash or a
+`kill -9` during a save leaves the previous checkpoint untouched, and an unfinished one is never
+picked up as "latest" (only complete `<step>` folders count). The training loop's checkpointer
+also deletes such leftovers when it starts; an evaluation opened beside a running training must
+not, or it would delete the save in flight. Only `keep` checkpoints are kept.
 
 Restoring takes the *abstract* state (shapes, dtypes and shardings, from `jax.eval_shape`), so the
 arrays come back directly onto the mesh with the shardings the train step expects. If the saved
@@ -30,12 +33,14 @@ import orbax.checkpoint as ocp
 class Checkpointer:
     """Saves and restores (state, data iterator, config) under `directory`."""
 
-    def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, keep: int = 3, async_save: bool = True, delete_unfinished: bool = False):
+        """`delete_unfinished` removes the temporary folders of saves that a crash interrupted."""
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+                max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+                cleanup_tmp_directories=delete_unfinished,
             ),
             # Naming the handlers up front lets a fresh manager read a checkpoint's metadata
             # (shapes, for the compatibility check) before anything is restored.
@@ -108,7 +113,8 @@ def _path_name(path: tuple) -> str:
 
 
 def check_compatible(saved_shapes: dict[str, tuple], abstract_state: Any) -> None:
-    """Raises a ValueError naming the first parameter whose presence or shape differs."""
+    """Raises a ValueError naming the first parameter whose presence or shape differs, or the first
+    optimizer-state entry present on one side only."""
     expected = {
         _path_name(path): tuple(leaf.shape)
         for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)
@@ -123,3 +129,15 @@ def check_compatible(saved_shapes: dict[str, tuple], abstract_state: Any) -> Non
                 f"checkpoint but {wanted} in the model built from the config (None = absent). "
                 "Use the config the checkpoint was trained with, or a new --workdir."
             )
+    # The optimizer state's structure follows the optimizer settings: gradient clipping on or off,
+    # skipping of non-finite steps (which wraps the whole state) change it.
+    saved_opt = {name for name in saved_shapes if name.startswith("opt_state/")}
+    wanted_opt = {name for name in expected if name.startswith("opt_state/")}
+    if saved_opt != wanted_opt:
+        name = sorted(saved_opt ^ wanted_opt)[0]
+        where = "checkpoint" if name in saved_opt else "optimizer built from the config"
+        raise ValueError(
+            f"checkpoint does not match the optimizer: {name} is only in the {where}. Resume with "
+            "the config.optimizer settings the checkpoint was trained with (skip_nonfinite_steps, "
+            "grad_clip_norm), or use a new --workdir."
+        )

@@ -7,6 +7,19 @@
 The host never waits for the device inside the loop except every `log_every` steps, when it fetches
 the metrics of the steps since the last log (and checks them for NaN). Batches are prepared by
 loader threads while the device computes.
+
+What goes wrong, and what happens then:
+  - Preemption (SIGTERM from a scheduler, or Ctrl-C): the step in flight finishes, a checkpoint of
+    it is saved, the loop returns and the process exits 0; the next run resumes from it
+    (`PreemptionWatch`, which also keeps several processes stopping at the same step).
+  - A crash (`kill -9`, a lost machine): nothing is done at the time; the next run resumes from the
+    last complete checkpoint, with the data position and RNG saved in it, and ends with the same
+    parameters, bit for bit, as a run that was never interrupted. A save cut short never damages
+    the checkpoint before it (see `checkpoint`).
+  - NaN or Inf in the loss or the gradient norm: every step is checked before any checkpoint is
+    written, and the run stops naming the first bad step and metric (`NonFiniteGuard`); with
+    `config.optimizer.skip_nonfinite_steps = N` such steps are skipped and counted instead, and the
+    run stops after N in a row.
 """
 
 from __future__ import annotations
@@ -15,12 +28,15 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from mmjax.data.prepare import prepare_shapes
@@ -29,14 +45,137 @@ from mmjax.evaluation.report import plot_training_curves, write_text_atomically
 from mmjax.training import sharding as shd
 from mmjax.training.checkpoint import Checkpointer
 from mmjax.training.metric_writer import MetricWriter
+from mmjax.training.optimizer import skipped_step_counts
 from mmjax.training.setup import config_to_json, setup_training
 from mmjax.training.state import count_params
 
 
-def _mean_metrics(pending: list[dict]) -> dict[str, float]:
-    """Averages the device metrics of the steps since the last log (one host transfer)."""
-    fetched = jax.device_get(pending)
-    return {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
+def _mean_metrics(per_step: list[dict]) -> dict[str, float]:
+    """Averages the metrics of several steps (already on the host); no steps give no metrics."""
+    if not per_step:
+        return {}
+    return {name: float(np.mean([m[name] for m in per_step])) for name in per_step[0]}
+
+
+class NonFiniteGuard:
+    """Checks each step's loss and gradient norm; names the first bad step, or counts skipped ones.
+
+    Steps are checked when their metrics reach the host (every `log_every` steps, and at every
+    checkpoint step before the save), one by one: the error names the first step whose loss or
+    gradient norm was NaN or Inf, not the logging step that noticed it, and no checkpoint is ever
+    written after it. With `skip_limit` (config.optimizer.skip_nonfinite_steps) > 0, the optimizer
+    has made such steps no-ops (see `optimizer`): they are left out of the logged averages and
+    training goes on, until `skip_limit` of them come in a row, which is divergence, not a bad batch.
+
+    Args:
+      skip_limit: 0 to stop at the first bad step; N to skip bad steps and stop after N in a row.
+      streak: bad steps in a row just before `next_step` (a resumed run continues the count).
+      next_step: the first step that will be checked.
+    """
+
+    WATCHED = ("loss", "grad_norm")
+
+    def __init__(self, skip_limit: int, streak: int = 0, next_step: int = 1):
+        self.skip_limit = skip_limit
+        self.streak = streak
+        self.streak_start = next_step - streak
+
+    def check(self, first_step: int, per_step: list[dict]) -> list[dict]:
+        """Returns the metrics of the finite steps among `per_step` (steps first_step, +1, ...)."""
+        finite = []
+        for step, metrics in enumerate(per_step, start=first_step):
+            bad = [name for name in self.WATCHED if not math.isfinite(metrics[name])]
+            if not bad:
+                self.streak = 0
+                finite.append(metrics)
+                continue
+            what = " and ".join(f"{name} = {float(metrics[name])}" for name in bad)
+            if not self.skip_limit:
+                raise FloatingPointError(
+                    f"{what} at step {step} (the first non-finite step); stopping before a corrupt "
+                    "checkpoint is written, the last checkpoint is from before it. Lower the learning "
+                    "rate or check the data; config.optimizer.skip_nonfinite_steps = N skips such "
+                    "steps and stops after N in a row."
+                )
+            if self.streak == 0:
+                self.streak_start = step
+            self.streak += 1
+            if self.streak >= self.skip_limit:
+                raise FloatingPointError(
+                    f"{what} at step {step}: {self.streak} non-finite steps in a row (steps "
+                    f"{self.streak_start} to {step}), the limit set by "
+                    f"config.optimizer.skip_nonfinite_steps = {self.skip_limit}. They were skipped "
+                    "(no checkpoint holds them), but the run is not recovering: lower the learning "
+                    "rate or check the data."
+                )
+        return finite
+
+
+class PreemptionWatch:
+    """Turns a preemption notice into "save a checkpoint after this step and return".
+
+    A scheduler that wants its machine back sends SIGTERM and, after a grace period, SIGKILL. A
+    signal can land anywhere (inside a device step, an asynchronous save, a print), so the handler
+    only sets a flag; the loop reads it between steps, where the state is whole. Ctrl-C (SIGINT)
+    takes the same path; a second signal of either kind goes to the handler that was there before
+    (by default: stop at once). `restore()` puts the previous handlers back when the loop ends.
+
+    Several processes must all stop after the *same* step: one that stopped alone would leave the
+    others waiting forever in the next step's collectives, and their checkpoints would disagree.
+      - One process: the flag is read at every step; there is nothing to agree on.
+      - Several, with JAX's preemption service (on by default once `jax.distributed.initialize`
+        has run): JAX itself listens for SIGTERM on every process, tells the others through the
+        coordination service, and they agree on a step;
+        `multihost_utils.reached_preemption_sync_point(step)`, called by every process at every
+        step, turns True at that step everywhere (Orbax's `CheckpointManager.reached_preemption`
+        is a wrapper around it). No Python SIGTERM handler is installed, as it would replace JAX's;
+        Ctrl-C reaches a single process and keeps its default (KeyboardInterrupt).
+      - Several, with the service turned off (`jax_enable_preemption_service=False`): each process
+        keeps its own flag, and every `agree_every` steps (the logging interval, where the host
+        waits for the device anyway) one tiny all-gather tells all of them whether any got a
+        signal; all stop there.
+    Python runs signal handlers on the main thread only: called from another thread, the watch
+    installs nothing and never fires.
+    """
+
+    def __init__(self, agree_every: int):
+        self.agree_every = agree_every
+        self.received: str | None = None  # the name of the signal this process received
+        self._previous: dict[int, Any] = {}
+        self._use_jax_sync = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in () if self._use_jax_sync else (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+        self._restore(signum)
+
+    def _restore(self, signum: int) -> None:
+        # None: the previous handler was not installed from Python and cannot be put back.
+        if self._previous.get(signum) is not None:
+            signal.signal(signum, self._previous[signum])
+
+    def should_stop(self, step: int) -> bool:
+        """True at the step after which this run (every process of it) stops. Call at every step."""
+        if self._use_jax_sync:
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.received = self.received or "SIGTERM"
+                return True
+            return False
+        if jax.process_count() == 1:
+            return self.received is not None
+        if step % self.agree_every:
+            return False
+        anyone = np.any(multihost_utils.process_allgather(np.int32(self.received is not None)))
+        if anyone and self.received is None:
+            self.received = "a signal to another process"
+        return bool(anyone)
+
+    def restore(self) -> None:
+        for signum in self._previous:
+            self._restore(signum)
 
 
 def train_and_evaluate(
@@ -45,8 +184,8 @@ def train_and_evaluate(
     """Trains `config` in `workdir` (resuming if it holds checkpoints), evaluates, writes artifacts.
 
     `stop_after` ends the run after that step with a checkpoint and no evaluation, exactly as an
-    interrupted run would end; calling again resumes it. Returns the final evaluation results
-    (None when stopped early).
+    interrupted run would end; calling again resumes it. SIGTERM and Ctrl-C end it the same way
+    after the step in flight. Returns the final evaluation results (None when stopped early).
     """
     is_main = jax.process_index() == 0
     # --- Set up the run folder -------------------------------------------------------------------
@@ -75,7 +214,10 @@ def train_and_evaluate(
         num_threads=config.data.num_threads,
     )
 
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    # The folders of saves that a crash cut short are deleted here; they were never "latest".
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, delete_unfinished=True
+    )
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(abstract_state, train_iter)
         print(f"Resumed from {checkpointer.directory} at step {int(state.step)}.")
@@ -88,49 +230,69 @@ def train_and_evaluate(
 
     # --- Train ------------------------------------------------------------------------------------
     writer = MetricWriter(workdir)
+    skip_limit = config.optimizer.get("skip_nonfinite_steps", 0)
+    skip_counts = skipped_step_counts(state.opt_state)  # None when skipping is off
+    guard = NonFiniteGuard(skip_limit, int(skip_counts[0]) if skip_counts else 0, start_step + 1)
     pending: list[dict] = []
     bar = tqdm(total=config.num_steps, initial=start_step, desc="train", unit="step",
                disable=not is_main, dynamic_ncols=True)
     last_log_time, last_log_step = time.perf_counter(), start_step
     last_step = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
-    for step in range(start_step + 1, last_step + 1):
-        batch = shd.to_global_batch(next(train_iter), mesh)
-        state, metrics = train_step(state, batch)
-        pending.append(metrics)
-        # Keep at most two steps in flight: wait for the step *before* the one just dispatched.
-        # The device always has a queued step, so it never idles, and the host cannot run ahead
-        # by a whole logging window (holding its batches in memory and making the progress bar
-        # report dispatch speed instead of training speed).
-        if len(pending) >= 2:
-            jax.block_until_ready(pending[-2]["loss"])
-        bar.update(1)
+    preempted_at = None
+    preemption = PreemptionWatch(agree_every=config.log_every)
+    try:
+        for step in range(start_step + 1, last_step + 1):
+            batch = shd.to_global_batch(next(train_iter), mesh)
+            state, metrics = train_step(state, batch)
+            pending.append(metrics)
+            # Keep at most two steps in flight: wait for the step *before* the one just dispatched.
+            # The device always has a queued step, so it never idles, and the host cannot run ahead
+            # by a whole logging window (holding its batches in memory and making the progress bar
+            # report dispatch speed instead of training speed).
+            if len(pending) >= 2:
+                jax.block_until_ready(pending[-2]["loss"])
+            bar.update(1)
+            # After a preemption notice this step is the last: it is checked and saved below.
+            preempted = preemption.should_stop(step)
+            final = step == last_step or preempted
 
-        # Checkpoint steps are logged too, so that no checkpoint is written before its steps'
-        # metrics were checked for NaN.
-        if step % config.log_every == 0 or step % config.checkpoint_every == 0 or step == last_step:
-            summary = _mean_metrics(pending)
-            pending = []
-            now = time.perf_counter()
-            summary["examples_per_sec"] = (step - last_log_step) * config.batch_size / (now - last_log_time)
-            last_log_time, last_log_step = now, step
-            bad = [k for k in ("loss", "grad_norm") if not math.isfinite(summary[k])]
-            if bad:
-                raise FloatingPointError(
-                    f"{bad[0]} became {summary[bad[0]]} at step {step}; stopping before a corrupt "
-                    "checkpoint is written. Lower the learning rate or check the data."
-                )
-            writer.write(step, summary)
-            bar.set_postfix(loss=f"{summary['loss']:.3f}", lr=f"{summary['learning_rate']:.1e}")
+            # Checkpoint steps are logged too, so that no checkpoint is written before every one of
+            # its steps was checked for NaN.
+            if step % config.log_every == 0 or step % config.checkpoint_every == 0 or final:
+                per_step = jax.device_get(pending)
+                summary = _mean_metrics(guard.check(step - len(per_step) + 1, per_step))
+                pending = []
+                now = time.perf_counter()
+                summary["examples_per_sec"] = (step - last_log_step) * config.batch_size / (now - last_log_time)
+                last_log_time, last_log_step = now, step
+                if skip_limit:
+                    summary["skipped_steps"] = int(jax.device_get(skipped_step_counts(state.opt_state)[1]))
+                writer.write(step, summary)
+                if "loss" in summary:
+                    bar.set_postfix(loss=f"{summary['loss']:.3f}", lr=f"{summary['learning_rate']:.1e}")
 
-        if config.eval_every and step % config.eval_every == 0 and step != config.num_steps:
-            results = task.evaluate(state.params, data, config, config.eval.during_training_split)
-            writer.write(step, {f"eval/{k}": v for k, v in results.items()})
+            if config.eval_every and step % config.eval_every == 0 and step != config.num_steps and not preempted:
+                results = task.evaluate(state.params, data, config, config.eval.during_training_split)
+                writer.write(step, {f"eval/{k}": v for k, v in results.items()})
 
-        if step % config.checkpoint_every == 0 or step == last_step:
-            checkpointer.save(step, state, train_iter, config_to_json(config))
-    bar.close()
-    checkpointer.wait()
-    checkpointer.close()
+            if step % config.checkpoint_every == 0 or final:
+                checkpointer.save(step, state, train_iter, config_to_json(config))
+            if preempted:
+                preempted_at = step
+                break
+    finally:
+        # Also on an error: the handlers go back, and a save already under way (of steps that
+        # passed the NaN check) is completed rather than left half-written.
+        preemption.restore()
+        bar.close()
+        checkpointer.wait()
+        checkpointer.close()
+    if preempted_at is not None:
+        if is_main:
+            print(f"Stopped after step {preempted_at} ({preemption.received}); its checkpoint is saved in "
+                  f"{checkpointer.directory}. Run the same command again to resume.")
+        writer.close()
+        return None
     if last_step < config.num_steps:
         writer.close()
         return None

@@ -10,6 +10,15 @@ Weight decay pulls weights towards zero; it is applied only to matmul and convol
 Biases, LayerNorm scales, embedding tables, the class token and the CLIP temperature are not
 decayed: shrinking a LayerNorm scale or the temperature is never what one means by regularisation
 (CLIP, big_vision and open_clip all exclude them).
+
+Skipping non-finite steps (`config.optimizer.skip_nonfinite_steps = N`, off by default): one bad
+batch can give NaN or Inf gradients, and one such update turns every parameter into NaN. With
+N > 0 the whole chain is wrapped in `optax.apply_if_finite`: on a step whose gradients hold a NaN
+or an Inf the update is zero and the optimizer state is kept as it was (Adam's moments and its
+step count included), so the step leaves no trace but a counter in the state. optax would accept
+the update after a given number of consecutive bad steps; here it never does: the training loop
+counts the bad steps and stops the run after N in a row (a run that diverges cannot be skipped
+back to health), so the parameters in memory and in every checkpoint stay finite.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 
@@ -54,12 +64,38 @@ def make_optimizer(
     b2: float = 0.98,
     eps: float = 1e-6,
     grad_clip_norm: float | None = 1.0,
+    skip_nonfinite_steps: int = 0,
 ) -> optax.GradientTransformation:
-    """Gradient clipping (optional), then AdamW with the kernel-only decay mask."""
+    """Gradient clipping (optional), then AdamW with the kernel-only decay mask.
+
+    `skip_nonfinite_steps` > 0 makes a step with NaN/Inf gradients a no-op (see the module
+    docstring); the number itself is the loop's limit of consecutive such steps.
+    """
+    if skip_nonfinite_steps < 0:
+        raise ValueError(
+            f"config.optimizer.skip_nonfinite_steps must be 0 (off) or a positive number of "
+            f"consecutive steps; got {skip_nonfinite_steps}"
+        )
     parts = []
     if grad_clip_norm:
         parts.append(optax.clip_by_global_norm(grad_clip_norm))
     parts.append(
         optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask)
     )
-    return optax.chain(*parts)
+    optimizer = optax.chain(*parts)
+    if skip_nonfinite_steps:
+        # The counter saturates at the int32 maximum, so "more than the maximum" never happens:
+        # the non-finite update is never applied, and stopping is left to the loop.
+        optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=np.iinfo(np.int32).max)
+    return optimizer
+
+
+def skipped_step_counts(opt_state: Any) -> tuple[jax.Array, jax.Array] | None:
+    """(consecutive, total) steps skipped for non-finite gradients; None when skipping is off.
+
+    Both are int32 scalars of the optimizer state, so they are saved in checkpoints: a resumed
+    run goes on counting.
+    """
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        return opt_state.notfinite_count, opt_state.total_notfinite
+    return None

@@ -56,6 +56,7 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         b2=config.optimizer.b2,
         eps=config.optimizer.eps,
         grad_clip_norm=config.optimizer.grad_clip_norm,
+        skip_nonfinite_steps=config.optimizer.get("skip_nonfinite_steps", 0),
     )
     shd.check_batch_size(config.batch_size, mesh)
     batch_spec = task.example_batch(config, config.batch_size)
