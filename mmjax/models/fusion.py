@@ -355,7 +355,7 @@ class EarlyFusion(nn.Module):
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-5
     scan: bool = True
-    remat: bool = False
+    remat: bool | Callable = False  # see mmjax.nn.transformer.Encoder
     dtype: jnp.dtype = jnp.float32
 
     def __post_init__(self):

@@ -145,7 +145,7 @@ def _apply_blocks(
     *,
     depth: int,
     scan: bool,
-    remat: bool,
+    remat: bool | Callable,
     static_argnums: tuple[int, ...],
 ) -> Array:
     """`depth` blocks applied in turn to args[0]; args[1:] are the same for every block.
@@ -155,8 +155,10 @@ def _apply_blocks(
     `block_0`, `block_1`, ... `scanned_cls` is `block_cls` returning (carry, None) as `nn.scan`
     expects. Must be called from inside a compact module method (the blocks become its children).
     """
+    # remat=True saves nothing (each block is recomputed whole); a policy saves what it names.
+    policy = remat if callable(remat) else None
     if scan:
-        cls = nn.remat(scanned_cls, prevent_cse=False, static_argnums=static_argnums) if remat else scanned_cls
+        cls = nn.remat(scanned_cls, prevent_cse=False, static_argnums=static_argnums, policy=policy) if remat else scanned_cls
         stack = nn.scan(
             cls,
             # A decoding cache is per layer, so it is stacked and sliced like the params.
@@ -168,7 +170,7 @@ def _apply_blocks(
         )
         x, _ = stack(**block_kwargs, name="blocks")(*args)
         return x
-    cls = nn.remat(block_cls, static_argnums=static_argnums) if remat else block_cls
+    cls = nn.remat(block_cls, static_argnums=static_argnums, policy=policy) if remat else block_cls
     x = args[0]
     for i in range(depth):
         x = cls(**block_kwargs, name=f"block_{i}")(x, *args[1:])
@@ -182,7 +184,11 @@ class Encoder(nn.Module):
       num_heads, mlp_dim, activation, dropout_rate: per block.
       scan: stack the blocks with `nn.scan` (parameters get a leading [depth] axis). Turn off only
         to inspect per-layer parameters by name (`block_0`, `block_1`, ...).
-      remat: recompute block activations in the backward pass (saves memory, costs compute).
+      remat: False: keep every activation for the backward pass. True: keep only each block's
+        input and recompute the rest (memory no longer grows with depth, about a third more
+        compute). Or a `jax.checkpoint_policies` policy choosing what to keep, e.g.
+        `dots_with_no_batch_dims_saveable` (keep the matmul outputs, recompute the cheap
+        element-wise ops in between).
     """
 
     depth: int
@@ -193,7 +199,7 @@ class Encoder(nn.Module):
     layer_norm_epsilon: float = 1e-5
     use_fused_attention: bool = False
     scan: bool = True
-    remat: bool = False
+    remat: bool | Callable = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -370,7 +376,11 @@ class CrossAttentionStack(nn.Module):
       depth: number of blocks.
       num_heads, mlp_dim, causal, activation, dropout_rate: per block.
       scan: stack the blocks with `nn.scan`; off, they are named `block_0`, `block_1`, ...
-      remat: recompute block activations in the backward pass (saves memory, costs compute).
+      remat: False: keep every activation for the backward pass. True: keep only each block's
+        input and recompute the rest (memory no longer grows with depth, about a third more
+        compute). Or a `jax.checkpoint_policies` policy choosing what to keep, e.g.
+        `dots_with_no_batch_dims_saveable` (keep the matmul outputs, recompute the cheap
+        element-wise ops in between).
     """
 
     depth: int
@@ -382,7 +392,7 @@ class CrossAttentionStack(nn.Module):
     layer_norm_epsilon: float = 1e-5
     use_fused_attention: bool = False
     scan: bool = True
-    remat: bool = False
+    remat: bool | Callable = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 

@@ -59,6 +59,13 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         skip_nonfinite_steps=config.optimizer.get("skip_nonfinite_steps", 0),
     )
     shd.check_batch_size(config.batch_size, mesh)
+    num_microbatches = config.get("grad_accum_steps", 1)
+    if num_microbatches < 1 or config.batch_size % (num_microbatches * shd.num_batch_shards(mesh)):
+        raise ValueError(
+            f"config.grad_accum_steps={num_microbatches} must be >= 1 and split config.batch_size="
+            f"{config.batch_size} into microbatches that still divide over the "
+            f"{shd.num_batch_shards(mesh)} batch shards of the mesh"
+        )
     batch_spec = task.example_batch(config, config.batch_size)
 
     def init_fn_inner(rng):
@@ -80,5 +87,5 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, state_shardings
     )
     init_fn = lambda: jax.jit(init_fn_inner, out_shardings=state_shardings)(rng)  # noqa: E731
-    train_step = make_train_step(task, optimizer, schedule, mesh, state_shardings)
+    train_step = make_train_step(task, optimizer, schedule, mesh, state_shardings, num_microbatches)
     return task, schedule, init_fn, abstract_state, train_step

@@ -20,7 +20,7 @@ Batch: {"images": uint8 [B, H, W, 3], "question_ids": int32 [B, question_len],
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,8 @@ class VqaTask:
 
     model: Any
     label_smoothing: float = 0.0
+    # The loss is a mean over examples, so gradients can be accumulated over microbatches.
+    per_example_loss: ClassVar[bool] = True
 
     @classmethod
     def from_config(cls, config: Any) -> "VqaTask":

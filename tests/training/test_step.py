@@ -1,9 +1,11 @@
 """The compiled train step: 8-way data parallel equals 1 device; the optimizer masks decay."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from mmjax.training import sharding as shd
@@ -116,3 +118,121 @@ def test_config_without_a_task_class_is_named():
         config = ml_collections.ConfigDict({**tiny_config().to_dict(), "task": task})
         with pytest.raises(ValueError, match="config.task must name a task class"):
             setup_training(config, shd.make_mesh(1))
+
+
+def vqa_task_and_batch(batch_size=32):
+    from mmjax.models.fusion import LateFusionClassifier
+    from mmjax.models.text import TextTransformer
+    from mmjax.models.vit import ViT
+    from mmjax.training.vqa_task import VqaTask
+
+    model = LateFusionClassifier(
+        image_encoder=ViT(patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, pool="mean"),
+        text_encoder=TextTransformer(vocab_size=30, max_len=8, width=32, depth=1, num_heads=2, mlp_dim=64),
+        num_answers=7,
+    )
+    base = random_batch(11, batch_size)
+    rng = np.random.default_rng(12)
+    batch = {"images": base["images"], "question_ids": base["token_ids"],
+             "answer": rng.integers(0, 7, batch_size).astype(np.int32),
+             "question_type": np.zeros(batch_size, np.int32)}
+    return VqaTask(model), batch
+
+
+def grads_with_microbatches(task, params, batch, num_microbatches, mesh):
+    from mmjax.training.step import loss_and_grads
+
+    fn = jax.jit(lambda p, b: loss_and_grads(task, p, b, jax.random.key(5), num_microbatches))
+    with jax.set_mesh(mesh):
+        return fn(params, shd.to_global_batch(batch, mesh))
+
+
+def assert_trees_close(a, b, rtol=1e-5):
+    """Leaf by leaf within rtol, with an absolute floor of rtol x the tree's largest entry: float32
+    sums in another order differ by ~1e-7 of the magnitudes summed, and some gradients are zero
+    up to that noise (a key bias cannot change a softmax)."""
+    scale = max(float(np.abs(np.asarray(y)).max()) for y in jax.tree.leaves(b))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol * scale)
+
+
+def test_gradient_accumulation_of_a_per_example_loss_equals_the_big_batch():
+    task, batch = vqa_task_and_batch()
+    mesh = shd.make_mesh(8)
+    params = nn.unbox(task.init(jax.random.key(0), batch))
+    (loss1, metrics1), grads1 = grads_with_microbatches(task, params, batch, 1, mesh)
+    (loss4, metrics4), grads4 = grads_with_microbatches(task, params, batch, 4, mesh)
+    np.testing.assert_allclose(float(loss4), float(loss1), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics4["vqa_accuracy"]), float(metrics1["vqa_accuracy"]), rtol=1e-6)
+    assert_trees_close(grads4, grads1)
+    assert optax.global_norm(grads1) > 0
+
+
+def test_microbatches_are_strided_so_every_device_gets_a_share():
+    from mmjax.training.step import merge_microbatches, split_microbatches
+
+    x = {"a": np.arange(12)}
+    micro = split_microbatches(x, 3)
+    np.testing.assert_array_equal(micro["a"][1], [1, 4, 7, 10])
+    np.testing.assert_array_equal(merge_microbatches(micro)["a"], x["a"])
+
+
+def test_grad_accum_steps_must_divide_the_batch_over_the_shards():
+    config = tiny_config(batch_size=16)
+    config.grad_accum_steps = 4  # microbatches of 4 rows cannot split over 8 devices
+    with pytest.raises(ValueError, match="config.grad_accum_steps=4 must be >= 1 and split"):
+        setup_training(config, shd.make_mesh(8))
+
+
+@pytest.mark.parametrize(
+    "remat", [True, jax.checkpoint_policies.dots_with_no_batch_dims_saveable], ids=["full", "save-dots"]
+)
+def test_remat_policies_recompute_the_same_gradients(remat):
+    task = ContrastiveTask.from_config(tiny_config())
+    remat_config = tiny_config()
+    remat_config.model.image.remat = remat
+    remat_config.model.text.remat = remat
+    remat_task = ContrastiveTask.from_config(remat_config)
+    batch = random_batch(21)
+    params = nn.unbox(task.init(jax.random.key(0), batch))
+
+    def grads(t):
+        return jax.jit(jax.grad(lambda p: t.loss(p, batch, jax.random.key(1))[0]))(params)
+
+    assert_trees_close(grads(remat_task), grads(task))
+    # The rematerialised program really recomputes: it has a checkpoint (remat) primitive.
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: remat_task.loss(p, batch, jax.random.key(1))[0]))(params))
+    assert "remat" in jaxpr or "checkpoint" in jaxpr
+
+
+def test_bfloat16_compute_keeps_float32_parameters_optimizer_state_and_losses():
+    """The mixed-precision policy: matmuls in bfloat16, everything that accumulates in float32."""
+    batches = [random_batch(s) for s in range(2)]
+    config = tiny_config()
+    config.model.image.dtype = jnp.bfloat16
+    config.model.text.dtype = jnp.bfloat16
+    state_bf16, losses_bf16 = run_steps(8, batches, config)
+    _, losses_f32 = run_steps(8, batches)
+    for leaf in jax.tree.leaves((state_bf16.params, state_bf16.opt_state)):
+        assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+    np.testing.assert_allclose(losses_bf16, losses_f32, rtol=3e-2)
+    assert losses_bf16 != losses_f32  # the compute really was in bfloat16
+
+    task = ContrastiveTask.from_config(config)
+    params = jax.device_get(state_bf16.params)
+    jaxpr = jax.make_jaxpr(lambda p: task.loss(p, batches[0], jax.random.key(0), False))(params)
+    eqns = [e for e in jaxpr.jaxpr.eqns]
+
+    def all_eqns(eqns):
+        for e in eqns:
+            yield e
+            for sub in jax.core.jaxprs_in_params(e.params):
+                yield from all_eqns(sub.eqns)
+
+    dots = [e for e in all_eqns(eqns) if e.primitive.name == "dot_general"]
+    bf16_dots = [e for e in dots if all(v.aval.dtype == jnp.bfloat16 for v in e.invars)]
+    # Every tower matmul runs in bfloat16 (the attention logits and the loss's similarity matrix
+    # are computed in float32 on purpose).
+    assert len(bf16_dots) >= 8, (len(bf16_dots), len(dots))
+    exps = [e for e in all_eqns(eqns) if e.primitive.name == "exp"]
+    assert exps and all(e.invars[0].aval.dtype == jnp.float32 for e in exps)  # softmaxes in float32
