@@ -4,10 +4,17 @@ Every loss is computed in float32, whatever dtype the model ran in: a log-softma
 bfloat16 logits loses the small differences that carry the gradient signal.
 
     clip_loss                 late fusion: symmetric InfoNCE over a batch of embeddings (CLIP)
+    siglip_loss               late fusion: pairwise sigmoid loss with a learnable bias (SigLIP)
+    sharded_clip_loss         clip_loss of the global batch, each device computing its own rows
+    sharded_siglip_loss       siglip_loss of the global batch, texts passed around a ring of devices
     sample_itm_negatives      mid fusion: hard negatives for image-text matching (ALBEF, BLIP)
     itm_loss                  mid fusion: does this image match this text? (2-way softmax CE)
     mlm_loss                  mid fusion: predict masked text tokens from the image and the text
     caption_loss              generation: teacher-forced next-token CE (BLIP's decoder, captioners)
+
+The two sharded losses run inside `jax.shard_map` over the mesh axes that split the batch and
+equal their unsharded formula (value, gradients and accuracies, up to float rounding); without a
+mesh they are the unsharded formula.
 
 The last three share `masked_softmax_cross_entropy`, a weighted mean of softmax cross-entropy
 over positions, where a position of weight 0 carries exactly zero loss and zero gradient.
@@ -15,10 +22,13 @@ over positions, where a position of weight 0 carries exactly zero loss and zero 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AbstractMesh, Mesh, PartitionSpec
 
 Array = jax.Array
 
@@ -56,6 +66,322 @@ def clip_loss(
         "t2i_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels),
     }
     return 0.5 * (loss_i2t + loss_t2i), metrics
+
+
+def siglip_loss(
+    image_embeddings: Array, text_embeddings: Array, logit_scale: Array | float, logit_bias: Array | float
+) -> tuple[Array, dict[str, Array]]:
+    """The pairwise sigmoid loss of SigLIP (Zhai et al., 2023).
+
+    Every image-text pair of the batch is its own binary question, "is this the caption of this
+    image?", so no softmax normalises over the batch. With unit-norm x_i, y_j, i, j = 1..B, scale
+    s = exp(t) and bias b (the paper initialises t = log 10 and b = -10, so that the B² - B
+    negatives start with a small loss):
+
+        logits_ij = s · <x_i, y_j> + b
+        z_ij      = +1 if i = j, -1 otherwise
+        L         = -1/B Σ_i Σ_j log σ(z_ij · logits_ij)
+
+    The sum over the B² pairs is divided by B, not B², as in big_vision: each image's row of
+    binary losses is normalised by its number of positives (one) and the rows are averaged, so
+    the loss is per image like `clip_loss` and does not shrink as the batch grows.
+
+    Args:
+      image_embeddings: [batch, dim], L2-normalised.
+      text_embeddings: [batch, dim], L2-normalised; row i is the caption of image i.
+      logit_scale: the scale s (already exponentiated).
+      logit_bias: the bias b.
+
+    Returns:
+      (loss [], metrics) where metrics holds the in-batch top-1 accuracy in both directions
+      (as in `clip_loss`: does each image's highest logit fall on its own text, and vice versa).
+    """
+    loss_sum, logits = _sigmoid_block(
+        image_embeddings, text_embeddings, logit_scale, logit_bias, diagonal_is_positive=True
+    )
+    labels = jnp.arange(logits.shape[0])
+    metrics = {
+        "i2t_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
+        "t2i_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels),
+    }
+    return loss_sum / logits.shape[0], metrics
+
+
+def _sigmoid_block(
+    image_embeddings: Array,
+    text_embeddings: Array,
+    logit_scale: Array | float,
+    logit_bias: Array | float,
+    diagonal_is_positive: bool,
+) -> tuple[Array, Array]:
+    """-Σ_ij log σ(z_ij · logits_ij) over one block of images [m, dim] × texts [n, dim].
+
+    Returns (the summed loss [], the block's logits [m, n]). On the block of an image's own
+    texts (diagonal_is_positive, m = n) the diagonal is positive; on any other block every pair
+    is a negative, so z = -1 throughout and no label matrix is built.
+    """
+    x = image_embeddings.astype(jnp.float32)
+    y = text_embeddings.astype(jnp.float32)
+    logits = jnp.asarray(logit_scale, jnp.float32) * x @ y.T + jnp.asarray(logit_bias, jnp.float32)
+    if diagonal_is_positive:
+        signs = jnp.where(jnp.eye(*logits.shape, dtype=bool), 1.0, -1.0)
+    else:
+        signs = -1.0
+    # log_sigmoid, not log(sigmoid(...)): σ(-110) underflows to 0 in float32, log σ(-110) = -110
+    return -jnp.sum(jax.nn.log_sigmoid(signs * logits)), logits
+
+
+# ------------------------------------------------------------------------------------------------
+# Late fusion across devices: the global batch is split over the data-parallel mesh axes.
+# ------------------------------------------------------------------------------------------------
+
+# The mesh axes the trainer splits the batch over (both data parallel, see
+# mmjax.training.sharding); the `tensor` axis holds a replica of each slice of the batch.
+BATCH_AXES = ("data", "fsdp")
+
+
+class BatchShards(NamedTuple):
+    """How the batch is split: over which mesh axes, into how many slices.
+
+    Attributes:
+      mesh: the explicit mesh, or the context mesh of `jax.set_mesh`; None when there is none.
+      axes: the batch axes present in the mesh with more than one device, in mesh-spec order.
+      count: the product of their sizes, the number of distinct slices of the batch.
+    """
+
+    mesh: Mesh | AbstractMesh | None
+    axes: tuple[str, ...]
+    count: int
+
+
+def batch_shards(
+    mesh: Mesh | AbstractMesh | None = None, axis_names: tuple[str, ...] = BATCH_AXES
+) -> BatchShards:
+    """The batch axes of `mesh` (default: the context mesh), skipping absent and size-1 axes.
+
+    Without a mesh (evaluation, a unit test, an unsharded step) `count` is 1 and the sharded
+    losses fall back to their plain formula.
+    """
+    if mesh is None:
+        mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return BatchShards(None, (), 1)
+    axes = tuple(axis for axis in axis_names if mesh.shape.get(axis, 1) > 1)
+    return BatchShards(mesh, axes, math.prod(mesh.shape[axis] for axis in axes))
+
+
+def _map_over_batch_shards(
+    per_device: Callable, shards: BatchShards, batch_size: int, num_replicated: int
+) -> Callable:
+    """`per_device(images [B/n, dim], texts [B/n, dim], *replicated)` as one global function.
+
+    Only the batch axes are manual: the other mesh axes (tensor) stay under the compiler, which
+    is free to split the per-device work further. Under a jit the embeddings are resharded to
+    the batch split if they arrive laid out otherwise. `per_device` must return values that are
+    equal on every device (a psum or pmean over `shards.axes`), hence out_specs P().
+
+    `check_vma` stays on: JAX then tracks which values vary across the batch shards, rejects an
+    output that is not the same everywhere, and in the backward pass sums the gradients of the
+    replicated scale and bias over the devices (the transpose of using one value everywhere).
+    """
+    if batch_size % shards.count:
+        raise ValueError(
+            f"a batch of {batch_size} does not split evenly over the {shards.count} devices of "
+            f"the mesh axes {shards.axes}"
+        )
+    batch = PartitionSpec(shards.axes)
+    return jax.shard_map(
+        per_device,
+        mesh=shards.mesh,
+        in_specs=(batch, batch) + (PartitionSpec(),) * num_replicated,
+        out_specs=PartitionSpec(),
+        axis_names=set(shards.axes),
+    )
+
+
+def sharded_clip_loss(
+    image_embeddings: Array,
+    text_embeddings: Array,
+    logit_scale: Array | float,
+    *,
+    mesh: Mesh | None = None,
+    axis_names: tuple[str, ...] = BATCH_AXES,
+) -> tuple[Array, dict[str, Array]]:
+    """`clip_loss` of the global batch, computed as "gather with gradient, local loss" (open_clip).
+
+    Device p of the n batch shards holds the images x and texts y of rows R_p (B/n of them).
+    It all-gathers every image and text ([B, dim] each; the gather is differentiable: its
+    transpose sums each device's contribution back onto the device that owns the row) and
+    computes only its own rows of the two softmaxes:
+
+        image_to_text[i, :] = s · x_i · Yᵀ       i ∈ R_p     [B/n, B]   (row i of logits)
+        text_to_image[j, :] = s · y_j · Xᵀ       j ∈ R_p     [B/n, B]   (column j of logits)
+        L_p = -1/(2·B/n) Σ_{i ∈ R_p} [ log softmax(image_to_text[i])_i + log softmax(text_to_image[i])_i ]
+        L   = 1/n Σ_p L_p                                                     (= clip_loss)
+
+    Every row and every column of the global [B, B] logits is computed once, on the device that
+    owns its image or text; no device holds more than two [B/n, B] blocks. The loss, its gradients and the accuracies equal
+    `clip_loss` on the gathered batch. Without a mesh, or with one batch shard, it is
+    `clip_loss`.
+
+    Args:
+      image_embeddings: [batch, dim], L2-normalised, the global batch (split over the mesh).
+      text_embeddings: [batch, dim], L2-normalised; row i is the caption of image i.
+      logit_scale: the scale s (already exponentiated).
+      mesh: the mesh; by default the context mesh of `jax.set_mesh`.
+      axis_names: the mesh axes that split the batch; absent or size-1 axes are skipped.
+
+    Returns:
+      (loss [], {"i2t_accuracy": [], "t2i_accuracy": []}), the same as `clip_loss`.
+    """
+    shards = batch_shards(mesh, axis_names)
+    if shards.count == 1:
+        return clip_loss(image_embeddings, text_embeddings, logit_scale)
+
+    def per_device(images: Array, texts: Array, scale: Array) -> tuple[Array, dict[str, Array]]:
+        images, texts = images.astype(jnp.float32), texts.astype(jnp.float32)
+        scale = jnp.asarray(scale, jnp.float32)
+        local_batch = images.shape[0]
+        # global row indices of this device's pairs: the batch is split in mesh order
+        rows = jax.lax.axis_index(shards.axes) * local_batch + jnp.arange(local_batch)
+
+        # everyone's embeddings, [B, dim]; the gradient flows back to the owners
+        all_images = jax.lax.all_gather(images, shards.axes, tiled=True)
+        all_texts = jax.lax.all_gather(texts, shards.axes, tiled=True)
+
+        # this device's rows of logits and of logitsᵀ, [B/n, B] each
+        image_to_text = scale * images @ all_texts.T
+        text_to_image = scale * texts @ all_images.T
+
+        def own_log_probability(logits: Array) -> Array:
+            log_p = jax.nn.log_softmax(logits, axis=1)
+            return jnp.take_along_axis(log_p, rows[:, None], axis=1)[:, 0]
+
+        # every device has B/n rows, so the mean of the local means is the global mean
+        local_loss = -0.5 * jnp.mean(own_log_probability(image_to_text) + own_log_probability(text_to_image))
+        metrics = {
+            "i2t_accuracy": jnp.mean(jnp.argmax(image_to_text, axis=1) == rows),
+            "t2i_accuracy": jnp.mean(jnp.argmax(text_to_image, axis=1) == rows),
+        }
+        return jax.lax.pmean((local_loss, metrics), shards.axes)
+
+    run = _map_over_batch_shards(per_device, shards, image_embeddings.shape[0], num_replicated=1)
+    return run(image_embeddings, text_embeddings, jnp.asarray(logit_scale, jnp.float32))
+
+
+def sharded_siglip_loss(
+    image_embeddings: Array,
+    text_embeddings: Array,
+    logit_scale: Array | float,
+    logit_bias: Array | float,
+    *,
+    mesh: Mesh | None = None,
+    axis_names: tuple[str, ...] = BATCH_AXES,
+) -> tuple[Array, dict[str, Array]]:
+    """`siglip_loss` of the global batch, chunked: texts travel around a ring of devices.
+
+    The sigmoid loss is a plain sum over pairs, so it splits into blocks with no normaliser
+    to share (SigLIP's "chunked" implementation, as in big_vision). The n batch shards form a
+    ring; device p holds images X_p and texts Y_p ([B/n, dim] each) and, at step k, the texts
+    Y_{p-k} of the device k places behind it:
+
+        step 0:          L_p  = -Σ log σ(z ⊙ (s · X_p Y_pᵀ + b))        (own texts: diagonal +1)
+        step k = 1..n-1: Y ← ppermute(Y)   (each device passes its texts on to the next)
+                         L_p += -Σ log σ(-(s · X_p Y_{p-k}ᵀ + b))       (all negatives)
+        L = 1/B Σ_p L_p                                                     (= siglip_loss)
+
+    After n-1 steps every image has met every text once, so L is the global loss; the largest
+    pairwise array a device ever holds is one [B/n, B/n] block, in the forward and in the
+    backward pass (each step is rematerialised, so the blocks are not kept for the gradient),
+    and the communication is n-1 passes of [B/n, dim] to a neighbour. The loss, its gradients
+    and the accuracies equal `siglip_loss` on the gathered batch. Without a mesh, or with one
+    batch shard, it is `siglip_loss`.
+
+    The top-1 accuracies need each image's best text over all B texts: a running (best logit,
+    its global index) per image stays on its device, and the one per text travels with the text.
+
+    Args:
+      image_embeddings: [batch, dim], L2-normalised, the global batch (split over the mesh).
+      text_embeddings: [batch, dim], L2-normalised; row i is the caption of image i.
+      logit_scale: the scale s (already exponentiated).
+      logit_bias: the bias b.
+      mesh: the mesh; by default the context mesh of `jax.set_mesh`.
+      axis_names: the mesh axes that split the batch; absent or size-1 axes are skipped.
+
+    Returns:
+      (loss [], {"i2t_accuracy": [], "t2i_accuracy": []}), the same as `siglip_loss`.
+    """
+    shards = batch_shards(mesh, axis_names)
+    if shards.count == 1:
+        return siglip_loss(image_embeddings, text_embeddings, logit_scale, logit_bias)
+    num_shards, global_batch = shards.count, image_embeddings.shape[0]
+    # device p sends to p+1, so at step k it holds the texts that started on device p-k
+    ring = [(p, (p + 1) % num_shards) for p in range(num_shards)]
+
+    def per_device(images: Array, texts: Array, scale: Array, bias: Array):
+        local_batch = images.shape[0]
+        me = jax.lax.axis_index(shards.axes)
+        local = jnp.arange(local_batch)
+
+        # Recomputed in the backward pass instead of saved, so the n blocks of one device are
+        # never alive together; the best logit per row/column is a metric, not differentiated.
+        @functools.partial(jax.checkpoint, static_argnums=(1,))
+        def block(texts: Array, diagonal_is_positive: bool):
+            loss_sum, logits = _sigmoid_block(images, texts, scale, bias, diagonal_is_positive)
+            logits = jax.lax.stop_gradient(logits)
+            image_best = (jnp.max(logits, axis=1), jnp.argmax(logits, axis=1))
+            text_best = (jnp.max(logits, axis=0), jnp.argmax(logits, axis=0))
+            return loss_sum, image_best, text_best
+
+        # step 0: own texts, positives on the diagonal
+        loss_sum, image_best, text_best = block(texts, True)
+        image_best = (image_best[0], image_best[1] + me * local_batch)  # global text index
+        text_best = (text_best[0], text_best[1] + me * local_batch)  # global image index
+
+        def ring_step(carry, step):
+            texts, loss_sum, image_best, text_best = carry
+            # pass the texts (and their running best image) on to the next device
+            texts, text_best = jax.lax.ppermute((texts, text_best), shards.axes, ring)
+            step_loss, image_candidate, text_candidate = block(texts, False)
+            texts_from = (me - step) % num_shards
+            image_best = _keep_best(image_best, image_candidate, texts_from * local_batch)
+            text_best = _keep_best(text_best, text_candidate, me * local_batch)
+            return (texts, loss_sum + step_loss, image_best, text_best), None
+
+        carry = (texts, loss_sum, image_best, text_best)
+        carry, _ = jax.lax.scan(ring_step, carry, jnp.arange(1, num_shards))
+        _, loss_sum, image_best, text_best = carry
+
+        # after n-1 steps this device holds the texts that started on device p+1
+        image_rows = me * local_batch + local
+        text_rows = (me + 1) % num_shards * local_batch + local
+        correct = {
+            "i2t_accuracy": jnp.sum(image_best[1] == image_rows),
+            "t2i_accuracy": jnp.sum(text_best[1] == text_rows),
+        }
+        loss_sum, correct = jax.lax.psum((loss_sum, correct), shards.axes)
+        return loss_sum / global_batch, {name: count / global_batch for name, count in correct.items()}
+
+    run = _map_over_batch_shards(per_device, shards, global_batch, num_replicated=2)
+    return run(
+        image_embeddings,
+        text_embeddings,
+        jnp.asarray(logit_scale, jnp.float32),
+        jnp.asarray(logit_bias, jnp.float32),
+    )
+
+
+def _keep_best(
+    best: tuple[Array, Array], candidate: tuple[Array, Array], offset: Array
+) -> tuple[Array, Array]:
+    """Running argmax: (best logit, global index) updated with a block's (max, local argmax).
+
+    Ties go to the lower global index, as `jnp.argmax` over the whole row would decide them.
+    """
+    best_logit, best_index = best
+    logit, index = candidate[0], candidate[1] + offset
+    better = (logit > best_logit) | ((logit == best_logit) & (index < best_index))
+    return jnp.where(better, logit, best_logit), jnp.where(better, index, best_index)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,10 +13,12 @@ from mmjax.losses import (
     masked_softmax_cross_entropy,
     mlm_loss,
     sample_itm_negatives,
+    siglip_loss,
 )
 
 # Jitted once per shape: op-by-op (eager) execution compiles every primitive and is far slower.
 clip = jax.jit(clip_loss)
+siglip = jax.jit(siglip_loss)
 cross_entropy = jax.jit(masked_softmax_cross_entropy, static_argnames="label_smoothing")
 itm = jax.jit(itm_loss)
 mlm = jax.jit(mlm_loss)
@@ -60,6 +62,46 @@ def test_clip_loss_is_low_for_matched_pairs_and_log_n_at_chance():
     same = np.tile(x[:1], (8, 1))
     loss, _ = clip(same, same, 10.0)
     np.testing.assert_allclose(float(loss), np.log(8), rtol=1e-5)
+
+
+def numpy_siglip_loss(x, y, scale, bias):
+    """Pair by pair: -log σ(z·l) = log(1 + exp(-z·l)), summed over all pairs, divided by B."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    total = 0.0
+    for i in range(len(x)):
+        for j in range(len(y)):
+            z = 1.0 if i == j else -1.0
+            total += np.logaddexp(0.0, -z * (scale * x[i] @ y[j] + bias))
+    return total / len(x)
+
+
+@pytest.mark.parametrize("n,d,scale,bias", [(4, 8, 10.0, -10.0), (16, 32, 3.0, 0.5), (33, 5, 100.0, -10.0)])
+def test_siglip_loss_matches_numpy(n, d, scale, bias):
+    rng = np.random.default_rng(n)
+    x = unit(rng, n, d)
+    y = unit(np.random.default_rng(0), n, d) + x  # captions that resemble their images
+    y = (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float32)
+    loss, metrics = siglip(x, y, scale, bias)
+    np.testing.assert_allclose(float(loss), numpy_siglip_loss(x, y, scale, bias), rtol=1e-5)
+    logits = x.astype(np.float64) @ y.T.astype(np.float64)
+    assert float(metrics["i2t_accuracy"]) == pytest.approx(np.mean(logits.argmax(1) == np.arange(n)))
+    assert float(metrics["t2i_accuracy"]) == pytest.approx(np.mean(logits.argmax(0) == np.arange(n)))
+
+
+def test_siglip_loss_of_separated_pairs_and_its_gradients_at_extreme_logits():
+    # orthogonal matched pairs: every positive logit is s + b = 10, every negative b = -10,
+    # so each of the n² pairs costs softplus(-10) and the loss is n · softplus(-10)
+    n = 8
+    x = np.eye(n, 16, dtype=np.float32)
+    loss, metrics = siglip(x, x, 20.0, -10.0)
+    np.testing.assert_allclose(float(loss), n * np.logaddexp(0.0, -10.0), rtol=1e-5)
+    assert float(metrics["i2t_accuracy"]) == float(metrics["t2i_accuracy"]) == 1.0
+    # anti-aligned pairs at scale 100: positive logits -110 saturate σ but not log σ, so the
+    # gradients stay finite, and each positive pulls the bias up with the full force 1:
+    # ∂L/∂b = (Σ_i -(1 - σ(-110)) + Σ_{i≠j} σ(-10)) / n ≈ -1
+    grads = jax.jit(jax.grad(lambda *a: siglip_loss(*a)[0], argnums=(0, 1, 2, 3)))(x, -x, 100.0, -10.0)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+    np.testing.assert_allclose(float(grads[3]), -1.0 + (n - 1) / (1 + np.exp(10.0)), rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ A new objective (image-text matching, captioning, VQA) is a new task class, not 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -25,7 +26,7 @@ import numpy as np
 
 from mmjax.data.pipeline import ContrastivePreprocess
 from mmjax.evaluation.clip_eval import evaluate_clip, write_artifacts
-from mmjax.losses import clip_loss
+from mmjax.losses import sharded_clip_loss
 from mmjax.models.clip import CLIP, build_clip
 
 Array = jax.Array
@@ -60,17 +61,39 @@ def check_vocabulary_sizes(data: Any, config: Any, model_vocab_size: int, field:
 
 @dataclasses.dataclass(frozen=True)
 class ContrastiveTask:
-    """CLIP training: a dual encoder and the symmetric InfoNCE loss.
+    """Dual-encoder training: CLIP's softmax loss or SigLIP's sigmoid loss over the global batch.
 
     Batch: {"images": uint8 [batch, H, W, 3], "token_ids": int32 [batch, text_len]} where
     token_ids[i] is a caption of images[i].
+
+    `config.contrastive_loss` names the loss function, (image_embeddings, text_embeddings,
+    logit_scale[, logit_bias]) -> (loss, metrics); by default `sharded_clip_loss`, CLIP's loss
+    over the batch of all devices. A loss with a `logit_bias` argument (`sharded_siglip_loss`,
+    `siglip_loss`) needs the model's learnable bias, `config.model.logit_bias_init`.
     """
 
     model: CLIP
+    contrastive_loss: Callable[..., tuple[Array, dict[str, Array]]] = sharded_clip_loss
 
     @classmethod
     def from_config(cls, config: Any) -> "ContrastiveTask":
-        return cls(build_clip(config.model))
+        model = build_clip(config.model)
+        contrastive_loss = config.get("contrastive_loss", sharded_clip_loss)
+        # The bias is a parameter: a loss without it would leave it untrained, a loss that needs it
+        # cannot run without it. Either mismatch is a config mistake, caught before compiling.
+        takes_bias = "logit_bias" in inspect.signature(contrastive_loss).parameters
+        has_bias = model.logit_bias_init is not None
+        if takes_bias and not has_bias:
+            raise ValueError(
+                f"config.contrastive_loss = {contrastive_loss.__name__} uses a learnable logit bias but "
+                "config.model.logit_bias_init is not set (SigLIP initialises it to -10)"
+            )
+        if has_bias and not takes_bias:
+            raise ValueError(
+                f"config.model.logit_bias_init is set but config.contrastive_loss = "
+                f"{contrastive_loss.__name__} takes no logit bias: remove the field or use a sigmoid loss"
+            )
+        return cls(model, contrastive_loss)
 
     @staticmethod
     def example_batch(config: Any, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -100,9 +123,10 @@ class ContrastiveTask:
             deterministic=not train,
             rngs={"dropout": rng},
         )
-        loss, metrics = clip_loss(out["image_embeddings"], out["text_embeddings"], out["logit_scale"])
-        metrics["logit_scale"] = out["logit_scale"]
-        return loss, metrics
+        # the learnable scalars go to the loss (SigLIP's bias only when the model has one) and are logged
+        scalars = {name: out[name] for name in ("logit_scale", "logit_bias") if name in out}
+        loss, metrics = self.contrastive_loss(out["image_embeddings"], out["text_embeddings"], **scalars)
+        return loss, {**metrics, **scalars}
 
     def encode_images(self, params: Any, images: Array) -> Array:
         """uint8 images [batch, H, W, 3] -> unit-norm embeddings [batch, embed_dim]."""
