@@ -62,8 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0,
     ))
 
-    # Mesh: -1 puts every device on the data axis.
-    config.mesh = ml_collections.ConfigDict(dict(data=-1))
+    # Device mesh (mmjax/training/sharding.py): data parallel × fully sharded (FSDP) × tensor
+    # parallel; the product is the device count and -1 takes the remaining devices. Here: pure
+    # data parallelism over every device. E.g. dict(data=2, fsdp=-1, tensor=2) on 16 devices.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     config.log_every = 50
     config.eval_every = 0  # 0: evaluate only at the end

@@ -333,13 +333,18 @@ def make_train_loader(
             f"the training split has {len(source)} examples, fewer than one global batch of "
             f"{batch_size * process_count}: lower config.batch_size or build a larger split"
         )
+    # One global stream of examples, the same for any number of processes: shuffled, repeated,
+    # preprocessed (each example's random augmentation is seeded by its position in the stream)
+    # and cut into local batches; global batch t is local batches t·P .. t·P + P − 1, and process
+    # p takes the p-th of them. So a run on 2 hosts sees exactly the global batches of a run on
+    # 1 host, and each process reads and preprocesses only its own rows.
     dataset = (
-        grain.MapDataset.source(source)[process_index::process_count]
+        grain.MapDataset.source(source)
         .shuffle(seed=seed)
         .repeat(None)
         .random_map(preprocess, seed=seed + 1)
         .batch(batch_size, drop_remainder=True)
-    )
+    )[process_index::process_count]
     # Threads overlap loading with the device step; the batches they produce are still in order.
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
     return iter(dataset.to_iter_dataset(read_options))
