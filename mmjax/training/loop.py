@@ -161,7 +161,7 @@ class PreemptionWatch:
         """True at the step after which this run (every process of it) stops. Call at every step."""
         if self._use_jax_sync:
             if multihost_utils.reached_preemption_sync_point(step):
-                self.received = self.received or "SIGTERM"
+                self.received = "SIGTERM to one of the processes"
                 return True
             return False
         if jax.process_count() == 1:
@@ -288,9 +288,10 @@ def train_and_evaluate(
         checkpointer.wait()
         checkpointer.close()
     if preempted_at is not None:
-        if is_main:
-            print(f"Stopped after step {preempted_at} ({preemption.received}); its checkpoint is saved in "
-                  f"{checkpointer.directory}. Run the same command again to resume.")
+        # Every process says so: in a multi-process run each one's log shows where it stopped.
+        who = f"Process {jax.process_index()} stopped" if jax.process_count() > 1 else "Stopped"
+        print(f"{who} after step {preempted_at} ({preemption.received}); its checkpoint is saved in "
+              f"{checkpointer.directory}. Run the same command again to resume.")
         writer.close()
         return None
     if last_step < config.num_steps:

@@ -2,7 +2,8 @@
 
 The signal and crash tests run `train.py` in subprocesses, as a user or a scheduler would, with the
 tiny config of `test_loop` given as `--config.*` flags, and compare the final parameters, bit for
-bit, with those of one uninterrupted run of the same config (shared by the module). The
+bit, with those of one uninterrupted run of the same config (shared by the module). The default
+run keeps the kill -9 test and the NaN stop; the other tests that train are marked slow. The
 subprocesses get an explicit environment: one CPU device (not conftest's 8: compiling and saving
 are several times faster on one, and all runs compared share that mesh) and one persistent
 compilation cache, so only the first run compiles the step.
@@ -18,6 +19,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,20 +70,39 @@ def config_flags(config) -> list[str]:
     return [f"--config.{name}={value}" for name, value in leaves(config.to_dict()) if value != defaults[name]]
 
 
+def start(command: list[str], log_path: str, env: dict) -> subprocess.Popen:
+    """Starts a process whose output goes to `log_path` (a pipe nobody reads could fill and stall it)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log_path
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    return open(proc.log_path).read()
+
+
 def start_training(config, workdir) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1",
                JAX_COMPILATION_CACHE_DIR=os.path.join(config.data.data_dir, "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     command = [sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/clip_tiny.py"),
                "--workdir", str(workdir), *config_flags(config)]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = len([name for name in os.listdir(os.path.dirname(workdir)) if name.endswith(".log")])
+    return start(command, f"{workdir}.{runs}.log", env)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
-    """Waits for a run that must succeed; returns its stdout."""
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, f"exit code {proc.returncode}\n{out}\n{err[-3000:]}"
-    return out
+    """Waits for a run that must succeed; returns its output."""
+    proc.wait(timeout=timeout)
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{output(proc)[-5000:]}"
+    return output(proc)
+
+
+def kill_9(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 180, poll: float = 0.002):
@@ -92,7 +113,7 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 180, poll: floa
         if found:
             return found
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended (exit code {proc.returncode}) first:\n{proc.stderr.read()[-3000:]}")
+            raise AssertionError(f"the run ended (exit code {proc.returncode}) first:\n{output(proc)[-5000:]}")
         time.sleep(poll)
     proc.kill()
     raise AssertionError("timed out")
@@ -125,18 +146,22 @@ def latest_checkpoint(workdir) -> int | None:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
+    """The tiny dataset, built once here so that no two processes build it at the same time."""
+    data_dir = tmp_path_factory.mktemp("data")
+    prepare_shapes(tiny_config(data_dir).data)
+    return data_dir
 
 
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory):
-    """The final state of one uninterrupted run (which also builds the dataset)."""
+    """The final state of one uninterrupted run."""
     config = run_config(data_dir)
     workdir = tmp_path_factory.mktemp("uninterrupted")
     finish(start_training(config, workdir))
     return saved_params(str(workdir), config)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_step_it_stopped_at_and_exits_0(data_dir, reference, tmp_path):
     config = run_config(data_dir)
     workdir = tmp_path / "preempted"
@@ -162,12 +187,11 @@ def test_sigterm_checkpoints_the_step_it_stopped_at_and_exits_0(data_dir, refere
 def test_kill_9_at_a_random_step_resumes_bit_identically(data_dir, reference, tmp_path):
     config = run_config(data_dir)
     workdir = tmp_path / "crashed"
-    kill_after = random.randint(CHECKPOINT_EVERY + 1, NUM_STEPS - 5)
+    # A step after the first checkpoint, at least 10 steps before the end.
+    kill_after = random.randint(CHECKPOINT_EVERY + 1, NUM_STEPS - 10)
     proc = start_training(config, workdir)
     wait_for(lambda: last_logged_step(workdir) >= kill_after and complete_steps(workdir), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9(proc)
     killed_at, resume_step = last_logged_step(workdir), latest_checkpoint(workdir)
     print(f"killed after step {killed_at} (aimed at {kill_after}); last checkpoint {resume_step}")
     assert resume_step is not None and resume_step <= killed_at < NUM_STEPS
@@ -177,6 +201,7 @@ def test_kill_9_at_a_random_step_resumes_bit_identically(data_dir, reference, tm
     assert_trees_equal(saved_params(str(workdir), config), reference)
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_save_keeps_the_previous_checkpoint(data_dir, reference, tmp_path):
     config = run_config(data_dir)
     workdir = tmp_path / "killed_saving"
@@ -190,8 +215,7 @@ def test_kill_9_during_a_save_keeps_the_previous_checkpoint(data_dir, reference,
     for attempt in range(3):
         proc = start_training(config, workdir)
         unfinished = wait_for(save_in_progress, proc, poll=0.0005)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        kill_9(proc)
         if set(unfinished) <= set(checkpoint_folders(workdir)):
             break
     else:
@@ -205,6 +229,37 @@ def test_kill_9_during_a_save_keeps_the_previous_checkpoint(data_dir, reference,
     assert f"at step {previous}." in out, out
     assert not any(".orbax-checkpoint-tmp" in name for name in checkpoint_folders(workdir))  # cleaned up
     assert_trees_equal(saved_params(str(workdir), config), reference)
+
+
+TWO_PROCESS_RUN = """
+import sys
+import jax
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from mmjax.training.loop import train_and_evaluate
+from tests.training.test_faults import run_config
+config = run_config(sys.argv[4])
+config.num_steps = 400
+train_and_evaluate(config, sys.argv[3])
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(data_dir, tmp_path):
+    """JAX's preemption sync: the signalled process tells the other, and they agree on a step."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        coordinator = f"127.0.0.1:{free.getsockname()[1]}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1")
+    workdir = tmp_path / "two_processes"
+    procs = [start([sys.executable, "-c", TWO_PROCESS_RUN, coordinator, str(i), str(workdir), str(data_dir)],
+                   f"{workdir}.{i}.log", env) for i in range(2)]
+    wait_for(lambda: last_logged_step(workdir) >= 2, procs[0])
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [finish(proc) for proc in procs]
+    stopped = [int(re.search(r"Process \d stopped after step (\d+) \(SIGTERM to one of the processes\)", out).group(1))
+               for out in outs]
+    assert stopped[0] == stopped[1], outs  # the same step on both
+    assert complete_steps(workdir)[-1] == stopped[0] < 400
 
 
 # --- NaN and Inf ----------------------------------------------------------------------------------
@@ -252,6 +307,8 @@ def blank_config(data_dir, blank_scenes, num_steps=12, **optimizer):
     config.optimizer.update(optimizer)
     config.log_every = 4
     config.checkpoint_every = 2
+    # One device of the eight: the checks do not depend on the mesh, and compiling is faster.
+    config.mesh.data = 1
     return config
 
 
@@ -296,6 +353,7 @@ def test_nan_stops_the_run_naming_the_first_bad_step_and_metric(data_dir, one_ba
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow
 def test_skipping_leaves_the_state_untouched_counts_and_continues(data_dir, one_bad_scene, tmp_path):
     scene, bad_steps = one_bad_scene
     config = blank_config(data_dir, [scene], skip_nonfinite_steps=3)
@@ -321,6 +379,7 @@ def test_skipping_leaves_the_state_untouched_counts_and_continues(data_dir, one_
             assert not np.array_equal(jax.tree.leaves(before.params)[0], jax.tree.leaves(after.params)[0])
 
 
+@pytest.mark.slow
 def test_skipping_stops_after_the_limit_of_bad_steps_in_a_row(data_dir, tmp_path):
     all_scenes = {example["scene_key"].decode() for example in prepare_shapes(tiny_config(data_dir).data).split("train")}
     config = blank_config(data_dir, all_scenes, skip_nonfinite_steps=3)
