@@ -87,8 +87,13 @@ class CLIP(nn.Module):
         out = {
             "image_embeddings": self.encode_image(images, deterministic),
             "text_embeddings": self.encode_text(token_ids, deterministic),
-            "logit_scale": jnp.minimum(jnp.exp(self.log_logit_scale), self.max_logit_scale),
         }
+        return {**out, **self.logit_scalars()}
+
+    def logit_scalars(self) -> dict[str, Array]:
+        """{"logit_scale": exp(t) clamped to max_logit_scale[, "logit_bias": b]}: the learned scalars
+        of the loss, which depend on no input."""
+        out = {"logit_scale": jnp.minimum(jnp.exp(self.log_logit_scale), self.max_logit_scale)}
         if self.logit_bias_init is not None:
             out["logit_bias"] = self.logit_bias
         return out

@@ -116,6 +116,13 @@ class ContrastiveTask:
     def loss(
         self, params: Any, batch: dict[str, Array], rng: Array, train: bool = True
     ) -> tuple[Array, dict[str, Array]]:
+        return self.loss_from_features(params, self.features(params, batch, rng, train))
+
+    # The loss in two halves, so that gradient accumulation can be exact for a loss that couples
+    # every example with every other (see mmjax.training.step.loss_and_grads).
+    def features(self, params: Any, batch: dict[str, Array], rng: Array, train: bool = True) -> dict[str, Array]:
+        """The per-example part: unit-norm embeddings {"image_embeddings", "text_embeddings"},
+        each [batch, embed_dim]."""
         out = self.model.apply(
             {"params": params},
             normalize_images(batch["images"]),
@@ -123,9 +130,13 @@ class ContrastiveTask:
             deterministic=not train,
             rngs={"dropout": rng},
         )
-        # the learnable scalars go to the loss (SigLIP's bias only when the model has one) and are logged
-        scalars = {name: out[name] for name in ("logit_scale", "logit_bias") if name in out}
-        loss, metrics = self.contrastive_loss(out["image_embeddings"], out["text_embeddings"], **scalars)
+        return {name: out[name] for name in ("image_embeddings", "text_embeddings")}
+
+    def loss_from_features(self, params: Any, features: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
+        """The batch part: the contrastive loss of the embeddings of the whole (global) batch."""
+        # The learnable scalars go to the loss (SigLIP's bias only when the model has one) and are logged.
+        scalars = self.model.apply({"params": params}, method=CLIP.logit_scalars)
+        loss, metrics = self.contrastive_loss(features["image_embeddings"], features["text_embeddings"], **scalars)
         return loss, {**metrics, **scalars}
 
     def encode_images(self, params: Any, images: Array) -> Array:

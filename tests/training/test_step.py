@@ -236,3 +236,37 @@ def test_bfloat16_compute_keeps_float32_parameters_optimizer_state_and_losses():
     assert len(bf16_dots) >= 8, (len(bf16_dots), len(dots))
     exps = [e for e in all_eqns(eqns) if e.primitive.name == "exp"]
     assert exps and all(e.invars[0].aval.dtype == jnp.float32 for e in exps)  # softmaxes in float32
+
+
+@pytest.mark.parametrize("loss_name", ["sharded_clip_loss", "sharded_siglip_loss"])
+def test_gradient_accumulation_of_a_contrastive_loss_equals_the_big_batch(loss_name):
+    """Microbatches of 8 for a batch of 32: the negatives still come from all 32 examples."""
+    import mmjax.losses
+
+    config = tiny_config(batch_size=32)
+    config.contrastive_loss = getattr(mmjax.losses, loss_name)
+    if loss_name == "sharded_siglip_loss":
+        config.model.logit_bias_init = -10.0
+    task = ContrastiveTask.from_config(config)
+    batch = random_batch(31, batch_size=32)
+    mesh = shd.make_mesh(8)
+    params = nn.unbox(task.init(jax.random.key(0), batch))
+    (loss1, metrics1), grads1 = grads_with_microbatches(task, params, batch, 1, mesh)
+    (loss4, metrics4), grads4 = grads_with_microbatches(task, params, batch, 4, mesh)
+    np.testing.assert_allclose(float(loss4), float(loss1), rtol=1e-5)
+    for name in metrics1:
+        np.testing.assert_allclose(float(metrics4[name]), float(metrics1[name]), rtol=1e-5)
+    assert_trees_close(grads4, grads1)
+    # Microbatch-mean accumulation would not be the same objective: its loss differs.
+    micro_mean = np.mean([float(task.loss(params, {k: v[i::4] for k, v in batch.items()}, jax.random.key(5))[0])
+                          for i in range(4)])
+    assert abs(micro_mean - float(loss1)) > 1e-3
+
+
+def test_grad_accum_steps_in_the_config_trains_like_the_big_batch(one_device_run):
+    batches, (state1, losses1) = one_device_run
+    config = tiny_config()
+    config.grad_accum_steps = 2
+    state2, losses2 = run_steps({"data": 4, "fsdp": 2}, batches, config)
+    np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
+    assert_trees_close(state2.params, state1.params)
