@@ -66,6 +66,8 @@ class NonFiniteGuard:
     written after it. With `skip_limit` (config.optimizer.skip_nonfinite_steps) > 0, the optimizer
     has made such steps no-ops (see `optimizer`): they are left out of the logged averages and
     training goes on, until `skip_limit` of them come in a row, which is divergence, not a bad batch.
+    The optimizer decides on the gradients alone, so the logged `skipped_steps` (its count) leaves
+    out the rare step whose loss is NaN while every gradient is finite; this guard counts it as bad.
 
     Args:
       skip_limit: 0 to stop at the first bad step; N to skip bad steps and stop after N in a row.
