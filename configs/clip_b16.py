@@ -6,13 +6,15 @@ Image tower ViT-B/16 at 224 px (196 patches + class token, width 768, 12 layers,
 tower 12 layers x 512 wide with 8 heads over 77 tokens, a 512-d shared embedding: the shapes of
 OpenAI's ViT-B/16 CLIP (149.6 M parameters with a 49,408-token vocabulary). GELU throughout.
 Layers are scanned (one compiled block per tower) and rematerialised so activation memory does not
-grow with depth. The data section points at the `shapes` benchmark at 224 px; swap in a real
+grow with depth. Mixed precision: the towers compute in bfloat16 while parameters, optimizer
+state, attention softmax and the loss stay float32. The data section points at the `shapes` benchmark at 224 px; swap in a real
 image-text dataset for real training.
 """
 
 import functools
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from configs import clip_tiny
@@ -29,11 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.image = ml_collections.ConfigDict(dict(
         patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072,
         pool="token", position_embedding="learned", ln_pre=True, patch_bias=False, activation=gelu,
-        remat=True,
+        remat=True, dtype=jnp.bfloat16,
     ))
     config.model.text = ml_collections.ConfigDict(dict(
         vocab_size=49_408, max_len=77, width=512, depth=12, num_heads=8, mlp_dim=2048,
-        activation=gelu, remat=True,
+        activation=gelu, remat=True, dtype=jnp.bfloat16,
     ))
     config.batch_size = 4096
     config.num_steps = 100_000

@@ -57,3 +57,13 @@ def test_clip_b16_step_compiles_fully_sharded_on_an_8_device_mesh():
 def test_small_configs_compile(module):
     _, compiled = lower_and_compile(module.get_config())
     assert compiled.cost_analysis()["flops"] > 0
+
+
+def test_clip_l14_has_openai_vit_l14_parameters_and_fsdp_layout():
+    from configs import clip_l14
+
+    config = clip_l14.get_config()
+    _, _, _, abstract_state, _ = setup_training(config, shd.make_mesh(config.mesh))
+    assert count_params(abstract_state.params) == 427_616_513  # OpenAI's ViT-L/14 CLIP
+    qkv = abstract_state.params["image_encoder"]["encoder"]["blocks"]["attn"]["query"]["kernel"]
+    assert qkv.shape == (24, 1024, 16, 64) and qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
