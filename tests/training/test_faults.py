@@ -2,8 +2,8 @@
 
 The signal and crash tests run `train.py` in subprocesses, as a user or a scheduler would, with the
 tiny config of `test_loop` given as `--config.*` flags, and compare the final parameters, bit for
-bit, with those of one uninterrupted run of the same config (shared by the module). The default
-run keeps the kill -9 test and the NaN stop; the other tests that train are marked slow. The
+bit, with those of one uninterrupted run of the same config (shared by the module). Of the tests
+that train, the default run keeps the kill -9 one; the others are marked slow (`make test-slow`). The
 subprocesses get an explicit environment: one CPU device (not conftest's 8: compiling and saving
 are several times faster on one, and all runs compared share that mesh) and one persistent
 compilation cache, so only the first run compiles the step.
@@ -34,7 +34,7 @@ from mmjax.data.pipeline import make_train_loader
 from mmjax.data.prepare import prepare_shapes
 from mmjax.losses import clip_loss
 from mmjax.training.checkpoint import Checkpointer, _path_name, check_compatible
-from mmjax.training.loop import PreemptionWatch, train_and_evaluate
+from mmjax.training.loop import NonFiniteGuard, PreemptionWatch, train_and_evaluate
 from mmjax.training.optimizer import make_optimizer, make_schedule
 from mmjax.training.setup import config_to_json
 from mmjax.training.tasks import ContrastiveTask
@@ -82,10 +82,10 @@ def output(proc: subprocess.Popen) -> str:
     return open(proc.log_path).read()
 
 
-def start_training(config, workdir) -> subprocess.Popen:
+def start_training(config, workdir, **env) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1",
                JAX_COMPILATION_CACHE_DIR=os.path.join(config.data.data_dir, "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env)
     command = [sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/clip_tiny.py"),
                "--workdir", str(workdir), *config_flags(config)]
     runs = len([name for name in os.listdir(os.path.dirname(workdir)) if name.endswith(".log")])
@@ -231,28 +231,17 @@ def test_kill_9_during_a_save_keeps_the_previous_checkpoint(data_dir, reference,
     assert_trees_equal(saved_params(str(workdir), config), reference)
 
 
-TWO_PROCESS_RUN = """
-import sys
-import jax
-jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-from mmjax.training.loop import train_and_evaluate
-from tests.training.test_faults import run_config
-config = run_config(sys.argv[4])
-config.num_steps = 400
-train_and_evaluate(config, sys.argv[3])
-"""
-
-
 @pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(data_dir, tmp_path):
     """JAX's preemption sync: the signalled process tells the other, and they agree on a step."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         coordinator = f"127.0.0.1:{free.getsockname()[1]}"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1")
+    config = run_config(data_dir)
+    config.num_steps = 400
     workdir = tmp_path / "two_processes"
-    procs = [start([sys.executable, "-c", TWO_PROCESS_RUN, coordinator, str(i), str(workdir), str(data_dir)],
-                   f"{workdir}.{i}.log", env) for i in range(2)]
+    procs = [start_training(config, workdir, JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2",
+                            JAX_PROCESS_ID=str(i)) for i in range(2)]
     wait_for(lambda: last_logged_step(workdir) >= 2, procs[0])
     procs[1].send_signal(signal.SIGTERM)
     outs = [finish(proc) for proc in procs]
@@ -340,6 +329,7 @@ def one_bad_scene(data_dir):
     return scene, bad_steps
 
 
+@pytest.mark.slow
 def test_nan_stops_the_run_naming_the_first_bad_step_and_metric(data_dir, one_bad_scene, tmp_path):
     scene, _ = one_bad_scene
     config = blank_config(data_dir, [scene])
@@ -425,3 +415,18 @@ def test_resuming_with_other_optimizer_settings_names_them():
         check_compatible(saved, state(skip_nonfinite_steps=3))
     with pytest.raises(ValueError, match=r"opt_state/0/0/count is only in the optimizer built from the config"):
         check_compatible(saved, state(grad_clip_norm=None))
+
+
+def test_guard_checks_each_step_of_a_logging_window():
+    good, nan, inf = ({"loss": v, "grad_norm": 1.0} for v in (2.0, float("nan"), float("inf")))
+    window = [good, good, {"loss": 2.0, "grad_norm": float("inf")}, nan]  # steps 11..14
+    with pytest.raises(FloatingPointError, match=r"^grad_norm = inf at step 13 \(the first non-finite step\)"):
+        NonFiniteGuard(skip_limit=0).check(11, window)
+
+    skipping = NonFiniteGuard(skip_limit=3, next_step=11)
+    assert skipping.check(11, [good, nan, good, inf, nan]) == [good, good]  # bad steps left out
+    with pytest.raises(FloatingPointError, match=r"at step 16: 3 non-finite steps in a row \(steps 14 to 16\)"):
+        skipping.check(16, [nan])  # the streak goes on across windows
+    # A resumed run starts with the streak its optimizer state recorded.
+    with pytest.raises(FloatingPointError, match=r"\(steps 9 to 11\)"):
+        NonFiniteGuard(skip_limit=3, streak=2, next_step=11).check(11, [inf])
