@@ -60,7 +60,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=50, weight_decay=0.1,
         b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0,
+        # > 0: skip (up to this many consecutive) steps whose gradients are NaN/Inf instead of
+        # stopping at the first one.
+        skip_nonfinite_steps=0,
     ))
+    # > 1: compute each step in this many microbatches (same update, less activation memory).
+    config.grad_accum_steps = 1
 
     # Device mesh (mmjax/training/sharding.py): data parallel × fully sharded (FSDP) × tensor
     # parallel; the product is the device count and -1 takes the remaining devices. Here: pure

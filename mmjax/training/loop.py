@@ -203,7 +203,7 @@ def train_and_evaluate(
         shutil.copyfile(data.tokenizer_path, run_tokenizer)
 
     # --- Mesh, task, optimizer, state ------------------------------------------------------------
-    mesh = shd.make_mesh(config.mesh.data)
+    mesh = shd.make_mesh(config.mesh)
     task, schedule, init_fn, abstract_state, train_step = setup_training(config, mesh)
     local_batch_size = config.batch_size // jax.process_count()
     train_iter = make_train_loader(

@@ -84,7 +84,7 @@ class TestCrossAttentionBlock:
         text = rng.standard_normal((2, 4, 16)).astype(np.float32)
         image_tokens = rng.standard_normal((2, 9, 24)).astype(np.float32)
         block = CrossAttentionBlock(num_heads=4, mlp_dim=32)
-        variables = jax.eval_shape(block.init, jax.random.key(0), text, image_tokens)
+        variables = nn.unbox(jax.eval_shape(block.init, jax.random.key(0), text, image_tokens))
         # Keys/values are projected from the image width, queries from the text width.
         assert variables["params"]["cross_attn"]["key"]["kernel"].shape == (24, 4, 4)
         assert variables["params"]["cross_attn"]["query"]["kernel"].shape == (16, 4, 4)
