@@ -5,6 +5,15 @@
       -> Encoder with a causal mask (and a padding mask on the keys)
       -> pool at the end-of-text token (the last non-padding position)   [batch, width]
 
+Where the pooled token is found differs between codebases, and imported weights need theirs:
+  "eot"     the last non-padding position (mmjax's sentencepiece ids: 0 is padding, 2 ends the text);
+  "argmax"  the position of the largest token id: OpenAI's CLIP, open_clip and Hugging Face configs
+            with `eos_token_id == 2`, whose BPE vocabulary puts <|endoftext|> last (id 49407);
+  "eos"     the first position holding `eos_id` (open_clip's pool_type "eos", newer Hugging Face
+            configs), robust to padding with the end-of-text id itself.
+OpenAI's tower has no padding mask at all (`mask_padding=False`): its id 0 is the real token "!",
+and the causal mask alone keeps padding after the end-of-text token from reaching it.
+
 Why a causal mask in an encoder: CLIP's text tower is a GPT-style decoder stack, so the pooled
 end-of-text token has read the whole caption while every earlier position has read only its prefix;
 the same weights can initialise a captioning decoder. With a causal mask, padding placed after the
@@ -27,12 +36,28 @@ from mmjax.nn.transformer import Encoder, gelu
 Array = jax.Array
 
 PAD_ID = 0
+POOLS = ("eot", "argmax", "eos", "first", "mean")
 
 
 def last_token_index(token_ids: Array, pad_id: int = PAD_ID) -> Array:
     """Index [batch] of the last non-padding token (the end-of-text token) of each sequence."""
     length = jnp.sum(token_ids != pad_id, axis=-1)
     return jnp.maximum(length - 1, 0)
+
+
+def pool_index(token_ids: Array, pool: str, pad_id: int = PAD_ID, eos_id: int | None = None) -> Array:
+    """Index [batch] of the token a tower pools at: "eot", "argmax" or "eos" (see the module doc).
+
+    Ties go to the first position, as in `torch.argmax`: with "argmax" and padding by the
+    end-of-text id, the first end-of-text token is pooled.
+    """
+    if pool == "eot":
+        return last_token_index(token_ids, pad_id)
+    if pool == "argmax":
+        return jnp.argmax(token_ids, axis=-1)
+    if pool == "eos":
+        return jnp.argmax(token_ids == eos_id, axis=-1)
+    raise ValueError(f"pool_index: pool must be 'eot', 'argmax' or 'eos'; got {pool!r}")
 
 
 class TextTransformer(nn.Module):
@@ -42,7 +67,12 @@ class TextTransformer(nn.Module):
       vocab_size, max_len: token table and position table sizes.
       width, depth, num_heads, mlp_dim: transformer size.
       causal: causal self-attention (CLIP) or bidirectional (SigLIP, BERT).
-      pool: "eot" (last non-padding token), "first", or "mean" (over non-padding tokens).
+      pool: "eot" (last non-padding token), "argmax" (position of the largest id), "eos" (first
+        position of `eos_id`), "first", or "mean" (over non-padding tokens).
+      pad_id: the padding id; `ids == pad_id` are padding for the mask, "eot" and "mean".
+      eos_id: the end-of-text id that pool="eos" looks for.
+      mask_padding: exclude padding keys from attention. Turned off for imported OpenAI / open_clip
+        / Hugging Face towers, which mask nothing but the future.
     """
 
     vocab_size: int
@@ -54,6 +84,8 @@ class TextTransformer(nn.Module):
     causal: bool = True
     pool: str = "eot"
     pad_id: int = PAD_ID
+    eos_id: int | None = None
+    mask_padding: bool = True
     activation: Callable[[Array], Array] = gelu
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-5
@@ -62,8 +94,10 @@ class TextTransformer(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def __post_init__(self):
-        if self.pool not in ("eot", "first", "mean"):
-            raise ValueError(f"TextTransformer.pool must be 'eot', 'first' or 'mean'; got {self.pool!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"TextTransformer.pool must be one of {POOLS}; got {self.pool!r}")
+        if self.pool == "eos" and self.eos_id is None:
+            raise ValueError("TextTransformer.pool='eos' pools at the first `eos_id`: set eos_id")
         super().__post_init__()
 
     @nn.compact
@@ -81,7 +115,8 @@ class TextTransformer(nn.Module):
         # Keys that are padding are never attended to; with a causal mask they could not be anyway
         # for real queries, but a bidirectional tower needs it.
         mask = combine_masks(
-            make_causal_mask(seq) if self.causal else None, valid[:, None, None, :]
+            make_causal_mask(seq) if self.causal else None,
+            valid[:, None, None, :] if self.mask_padding else None,
         )
         tokens = Encoder(
             depth=self.depth,
@@ -96,8 +131,8 @@ class TextTransformer(nn.Module):
             name="encoder",
         )(tokens, mask=mask, deterministic=deterministic)
 
-        if self.pool == "eot":
-            index = last_token_index(token_ids, self.pad_id)
+        if self.pool in ("eot", "argmax", "eos"):
+            index = pool_index(token_ids, self.pool, self.pad_id, self.eos_id)
             pooled = jnp.take_along_axis(tokens, index[:, None, None], axis=1)[:, 0]
         elif self.pool == "first":
             pooled = tokens[:, 0]
