@@ -94,8 +94,13 @@ def skipped_step_counts(opt_state: Any) -> tuple[jax.Array, jax.Array] | None:
     """(consecutive, total) steps skipped for non-finite gradients; None when skipping is off.
 
     Both are int32 scalars of the optimizer state, so they are saved in checkpoints: a resumed
-    run goes on counting.
+    run goes on counting. The state is found where it is nested, too: with frozen parameters the
+    optimizer is the "train" part of a `multi_transform` (see `freeze`), and only that part skips.
     """
-    if isinstance(opt_state, optax.ApplyIfFiniteState):
-        return opt_state.notfinite_count, opt_state.total_notfinite
+    found = [
+        node for node in jax.tree.leaves(opt_state, is_leaf=lambda n: isinstance(n, optax.ApplyIfFiniteState))
+        if isinstance(node, optax.ApplyIfFiniteState)
+    ]
+    if found:
+        return found[0].notfinite_count, found[0].total_notfinite
     return None

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmjax.training import sharding as shd
+from mmjax.training.freeze import freeze_parameters
 from mmjax.training.optimizer import make_optimizer, make_schedule
+from mmjax.training.pretrained import load_pretrained
 from mmjax.training.state import create_train_state
 from mmjax.training.step import make_train_step
 
@@ -40,7 +42,8 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """Task, schedule, optimizer, the abstract (sharded) state and the compiled step.
 
     Returns (task, schedule, init_fn, abstract_state, train_step), where `init_fn()` creates the
-    state directly on the mesh with its final shardings.
+    state directly on the mesh with its final shardings (and the pre-trained subtrees of
+    `config.init_from`, if any).
     """
     task = build_task(config)
     schedule = make_schedule(
@@ -58,6 +61,9 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         grad_clip_norm=config.optimizer.grad_clip_norm,
         skip_nonfinite_steps=config.optimizer.get("skip_nonfinite_steps", 0),
     )
+    # Parameters matched by the regexes of config.freeze (e.g. LiT's "^image_encoder/") get zero
+    # updates and no optimizer state; the optimizer above sees only the others (see `freeze`).
+    optimizer = freeze_parameters(optimizer, config.get("freeze"))
     shd.check_batch_size(config.batch_size, mesh)
     num_microbatches = config.get("grad_accum_steps", 1)
     if num_microbatches < 1 or config.batch_size % (num_microbatches * shd.num_batch_shards(mesh)):
@@ -86,6 +92,18 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     abstract_state = jax.tree.map(
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, state_shardings
     )
-    init_fn = lambda: jax.jit(init_fn_inner, out_shardings=state_shardings)(rng)  # noqa: E731
+    init_from = config.get("init_from")
+
+    def init_fn():
+        state = jax.jit(init_fn_inner, out_shardings=state_shardings)(rng)
+        # config.init_from: subtrees from another run's checkpoint replace the fresh ones (see
+        # `pretrained`). init_fn runs only for a new run; a resumed one restores its own weights.
+        if init_from:
+            state = state.replace(params=load_pretrained(
+                state.params, abstract_state.params, init_from["workdir"], init_from["subtrees"],
+                init_from.get("step"),
+            ))
+        return state
+
     train_step = make_train_step(task, optimizer, schedule, mesh, state_shardings, num_microbatches)
     return task, schedule, init_fn, abstract_state, train_step
