@@ -105,5 +105,7 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
             ))
         return state
 
-    train_step = make_train_step(task, optimizer, schedule, mesh, state_shardings, num_microbatches)
+    train_step = make_train_step(
+        task, optimizer, schedule, mesh, state_shardings, num_microbatches, config.get("freeze")
+    )
     return task, schedule, init_fn, abstract_state, train_step

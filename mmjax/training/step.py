@@ -11,7 +11,7 @@ only every `log_every` steps, so the host never waits for the device inside the 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from mmjax.training import sharding as shd
+from mmjax.training.freeze import trained_only
 from mmjax.training.state import TrainState
 
 
@@ -120,9 +121,11 @@ def make_train_step(
     mesh: Mesh,
     state_shardings: Any,
     num_microbatches: int = 1,
+    freeze: Sequence[str] | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Builds the jitted step for `mesh`. `state_shardings` is a TrainState of NamedShardings;
-    `num_microbatches` > 1 accumulates gradients over that many slices of the batch."""
+    `num_microbatches` > 1 accumulates gradients over that many slices of the batch; `freeze`
+    (config.freeze) names the frozen parameters, left out of the logged gradient norm."""
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -132,7 +135,9 @@ def make_train_step(
         metrics = dict(
             metrics,
             loss=loss,
-            grad_norm=optax.global_norm(grads),
+            # The trained parameters' norm, the one clipping sees. Reading the frozen gradients
+            # too would misreport it and keep XLA from pruning their backward pass (LiT's saving).
+            grad_norm=optax.global_norm(trained_only(grads, freeze)),
             learning_rate=schedule(state.step),
         )
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -270,3 +270,21 @@ def test_grad_accum_steps_in_the_config_trains_like_the_big_batch(one_device_run
     state2, losses2 = run_steps({"data": 4, "fsdp": 2}, batches, config)
     np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
     assert_trees_close(state2.params, state1.params)
+
+
+def test_logged_gradient_norm_leaves_out_frozen_parameters():
+    from mmjax.training.freeze import trained_only
+    from mmjax.training.step import loss_and_grads
+
+    config = tiny_config()
+    config.freeze = ("^image_encoder/", "^image_projection/")
+    mesh = shd.make_mesh(1)
+    task, _, init_fn, _, train_step = setup_training(config, mesh)
+    state = init_fn()
+    batch = random_batch(41)
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    _, grads = loss_and_grads(task, state.params, shd.to_global_batch(batch, mesh), rng)
+    trained_norm = float(optax.global_norm(trained_only(grads, config.freeze)))
+    assert trained_norm < float(optax.global_norm(grads))
+    _, metrics = train_step(state, shd.to_global_batch(batch, mesh))
+    np.testing.assert_allclose(float(metrics["grad_norm"]), trained_norm, rtol=1e-5)
