@@ -138,6 +138,6 @@ def check_compatible(saved_shapes: dict[str, tuple], abstract_state: Any) -> Non
         where = "checkpoint" if name in saved_opt else "optimizer built from the config"
         raise ValueError(
             f"checkpoint does not match the optimizer: {name} is only in the {where}. Resume with "
-            "the config.optimizer settings the checkpoint was trained with (skip_nonfinite_steps, "
-            "grad_clip_norm), or use a new --workdir."
+            "the optimizer settings the checkpoint was trained with (config.optimizer."
+            "skip_nonfinite_steps and grad_clip_norm, config.freeze), or use a new --workdir."
         )
