@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax.models.text import TextTransformer, last_token_index
+from mmjax.models.text import TextTransformer, last_token_index, pool_index
 
 
 def make_tower(**kw):
@@ -67,3 +67,37 @@ def test_too_long_text_and_bad_pool_are_named():
         tower.init(jax.random.key(0), np.ones((1, 6), np.int32))
     with pytest.raises(ValueError, match="pool must be"):
         make_tower(pool="cls")
+    with pytest.raises(ValueError, match="pool='eos' pools at the first `eos_id`: set eos_id"):
+        make_tower(pool="eos")
+
+
+def test_pool_index_of_each_convention():
+    # OpenAI's layout: start 48, text, end-of-text 49 (the largest id), padding 0 -- or padding 49.
+    ids = np.array([[48, 5, 0, 49, 0, 0], [48, 49, 49, 49, 49, 49], [48, 7, 8, 9, 10, 49]])
+    np.testing.assert_array_equal(pool_index(ids, "argmax"), [3, 1, 5])  # ties: the first
+    np.testing.assert_array_equal(pool_index(ids, "eos", eos_id=49), [3, 1, 5])
+    np.testing.assert_array_equal(pool_index(ids, "eos", eos_id=7), [0, 0, 1])
+    # "eot" counts the non-zero ids: the inner 0 of row 0 moves it off the end token, which is
+    # why imported OpenAI towers pool by "argmax" or "eos" instead.
+    np.testing.assert_array_equal(pool_index(ids, "eot"), [2, 5, 5])
+
+
+@pytest.mark.parametrize("pool", ["argmax", "eos"])
+def test_unmasked_tower_reads_id_zero_as_a_token_and_ignores_padding(pool):
+    """Imported OpenAI towers: id 0 is the token "!", attended like any other, and what follows
+    the end-of-text token (0-padding or more end tokens) cannot change the pooled output."""
+    rng = np.random.default_rng(3)
+    ids = np.full((2, 10), 0, np.int32)
+    ids[:, 0], ids[:, 1:4], ids[:, 4] = 48, rng.integers(1, 40, (2, 3)), 49
+    ids[1, 2] = 0  # a "!" inside the second text
+    tower = make_tower(pool=pool, eos_id=49, mask_padding=False)
+    params = tower.init(jax.random.key(0), ids)
+    pooled = tower.apply(params, ids)["pooled"]
+    np.testing.assert_allclose(pooled, tower.apply(params, ids)["tokens"][:, 4], rtol=1e-6)
+    padded_with_end = ids.copy()
+    padded_with_end[:, 5:] = 49 if pool == "eos" else 0
+    np.testing.assert_allclose(tower.apply(params, padded_with_end)["pooled"], pooled, rtol=1e-5, atol=1e-6)
+    # The same weights with the padding mask drop the "!" and read the second text differently.
+    masked = make_tower(pool=pool, eos_id=49, mask_padding=True).apply(params, ids)["pooled"]
+    np.testing.assert_allclose(masked[0], pooled[0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(masked[1], pooled[1], atol=1e-4)
