@@ -185,7 +185,9 @@ def test_grad_accum_steps_must_divide_the_batch_over_the_shards():
 
 
 @pytest.mark.parametrize(
-    "remat", [True, jax.checkpoint_policies.dots_with_no_batch_dims_saveable], ids=["full", "save-dots"]
+    "remat",
+    [pytest.param(True, marks=pytest.mark.slow), jax.checkpoint_policies.dots_with_no_batch_dims_saveable],
+    ids=["full", "save-dots"],
 )
 def test_remat_policies_recompute_the_same_gradients(remat):
     task = ContrastiveTask.from_config(tiny_config())
@@ -205,14 +207,13 @@ def test_remat_policies_recompute_the_same_gradients(remat):
     assert "remat" in jaxpr or "checkpoint" in jaxpr
 
 
-def test_bfloat16_compute_keeps_float32_parameters_optimizer_state_and_losses():
+def test_bfloat16_compute_keeps_float32_parameters_optimizer_state_and_losses(one_device_run):
     """The mixed-precision policy: matmuls in bfloat16, everything that accumulates in float32."""
-    batches = [random_batch(s) for s in range(2)]
+    batches, (_, losses_f32) = one_device_run
     config = tiny_config()
     config.model.image.dtype = jnp.bfloat16
     config.model.text.dtype = jnp.bfloat16
-    state_bf16, losses_bf16 = run_steps(8, batches, config)
-    _, losses_f32 = run_steps(8, batches)
+    state_bf16, losses_bf16 = run_steps(1, batches, config)
     for leaf in jax.tree.leaves((state_bf16.params, state_bf16.opt_state)):
         assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
     np.testing.assert_allclose(losses_bf16, losses_f32, rtol=3e-2)
@@ -238,7 +239,9 @@ def test_bfloat16_compute_keeps_float32_parameters_optimizer_state_and_losses():
     assert exps and all(e.invars[0].aval.dtype == jnp.float32 for e in exps)  # softmaxes in float32
 
 
-@pytest.mark.parametrize("loss_name", ["sharded_clip_loss", "sharded_siglip_loss"])
+# The CLIP loss's accumulation also runs, end to end, in the config test below.
+@pytest.mark.parametrize("loss_name", [pytest.param("sharded_clip_loss", marks=pytest.mark.slow),
+                                       "sharded_siglip_loss"])
 def test_gradient_accumulation_of_a_contrastive_loss_equals_the_big_batch(loss_name):
     """Microbatches of 8 for a batch of 32: the negatives still come from all 32 examples."""
     import mmjax.losses
