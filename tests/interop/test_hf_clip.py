@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -65,7 +66,7 @@ def test_imported_model_equals_transformers_and_exports_back_exactly(name, tmp_p
     images = random_images(rng, 4, config["vision_config"]["image_size"])
     ids = random_token_ids(rng, 5, text["max_position_embeddings"], text["vocab_size"], eos_id=eos,
                            pad_id=0 if eos is None else eos)
-    out = clip.model.apply({"params": clip.params}, images, ids)
+    out = jax.jit(clip.model.apply)({"params": clip.params}, images, ids)
     with torch.no_grad():
         expected = torch_model(input_ids=torch.from_numpy(ids), pixel_values=to_torch_images(images))
     errors = {

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -72,7 +73,7 @@ def compare_forward(clip_config, params, torch_model, model_cfg, rng) -> dict[st
     images = random_images(rng, 4, size)
     eos = text.get("eos_id") if text.get("pool_type") == "eos" else None
     ids = random_token_ids(rng, 5, text["context_length"], text["vocab_size"], eos_id=eos)
-    out = build_clip(clip_config).apply({"params": params}, images, ids)
+    out = jax.jit(build_clip(clip_config).apply)({"params": params}, images, ids)
     logits = out["logit_scale"] * out["image_embeddings"] @ out["text_embeddings"].T
     if "logit_bias" in out:
         logits = logits + out["logit_bias"]
@@ -168,7 +169,7 @@ def test_mmjax_trained_shape_exports_to_open_clip(tmp_path):
     assert model_cfg["text_cfg"]["pool_type"] == "eos" and model_cfg["text_cfg"]["eos_id"] == 2
     torch_model = open_clip.model.CLIP(**model_cfg).eval()
     torch_model.load_state_dict(safetensors_torch.load_file(str(tmp_path / "open_clip_model.safetensors")))
-    out = model.apply({"params": params}, images, ids)
+    out = jax.jit(model.apply)({"params": params}, images, ids)
     with torch.no_grad():
         image_emb, text_emb, _ = torch_model(to_torch_images(images), torch.from_numpy(ids))
     assert relative_error(out["image_embeddings"], image_emb.numpy()) < TOLERANCE
