@@ -31,7 +31,6 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mmjax.data.clip_tokenizer import ClipTokenizer
 from mmjax.evaluation.batching import batched_apply
 from mmjax.evaluation.clip_eval import class_embeddings
 from mmjax.evaluation.metrics import PROMPT_TEMPLATES, zero_shot_accuracy
@@ -92,6 +91,8 @@ def load_classifier(
 
 def _load_imported(checkpoint: str, tokenizer_path: str | None, quick_gelu: bool | None,
                    open_clip_config: str | None) -> ZeroShotClassifier:
+    # Imported here: the tokenizer needs the `interop` extras, which mmjax's own runs do not.
+    from mmjax.data.clip_tokenizer import ClipTokenizer
     from mmjax.interop import load_hf_clip, load_open_clip
 
     hf_config = os.path.join(checkpoint, "config.json")

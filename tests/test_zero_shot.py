@@ -38,6 +38,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def open_clip_checkpoint(tmp_path_factory):
     """A randomly initialised open_clip CLIP with OpenAI's 49,408-token vocabulary, saved as a
     published open_clip folder: weights, open_clip_config.json and the BPE merges file."""
+    pytest.importorskip("tokenizers")
     open_clip = pytest.importorskip("open_clip")
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file

@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from mmjax.data.clip_tokenizer import ClipTokenizer
-
+pytest.importorskip("tokenizers")
+pytest.importorskip("ftfy")
 open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
+
+from mmjax.data.clip_tokenizer import ClipTokenizer  # noqa: E402
 
 TEXTS = [
     "A photo of a CAT!",
