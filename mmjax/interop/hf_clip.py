@@ -170,11 +170,10 @@ def hf_to_mmjax(state_dict: dict[str, np.ndarray], hf_config: dict,
         text=text_section,
         logit_scale=float(np.asarray(state_dict.get("logit_scale", hf_config.get("logit_scale_init_value", 2.6592)))),
     )
-    for tower in ("vision", "text"):
-        width, heads = config.image.width if tower == "vision" else config.text.width, \
-            config.image.num_heads if tower == "vision" else config.text.num_heads
-        if width % heads:
-            raise ValueError(f"{source}: {tower} hidden_size {width} is not divisible by {heads} heads")
+    for tower, section in (("vision", config.image), ("text", config.text)):
+        if section.width % section.num_heads:
+            raise ValueError(f"{source}: {tower} hidden_size {section.width} is not divisible by "
+                             f"{section.num_heads} attention heads")
 
     reader = StateDictReader(state_dict, source)
     take = reader.take
