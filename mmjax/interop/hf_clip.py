@@ -185,14 +185,16 @@ def hf_to_mmjax(state_dict: dict[str, np.ndarray], hf_config: dict,
         return layer_norm(take(name + ".weight", (width,)), take(name + ".bias", (width,)))
 
     def blocks(prefix: str, width: int, mlp: int, depth: int, heads: int) -> Params:
+        def projection(name: str) -> tuple[np.ndarray, np.ndarray]:
+            return take(name + ".weight", (width, width)), take(name + ".bias", (width,))
+
         layers = []
         for i in range(depth):
             b = f"{prefix}.encoder.layers.{i}."
-            proj = lambda n: (take(b + f"self_attn.{n}.weight", (width, width)),  # noqa: E731
-                              take(b + f"self_attn.{n}.bias", (width,)))
+            q, k, v, out = (projection(b + f"self_attn.{n}_proj") for n in ("q", "k", "v", "out"))
             layers.append({
                 "ln_attn": ln(b + "layer_norm1", width),
-                "attn": attention_from_torch(proj("q_proj"), proj("k_proj"), proj("v_proj"), proj("out_proj"), heads),
+                "attn": attention_from_torch(q, k, v, out, heads),
                 "ln_mlp": ln(b + "layer_norm2", width),
                 "mlp": mlp_from_torch(
                     (take(b + "mlp.fc1.weight", (mlp, width)), take(b + "mlp.fc1.bias", (mlp,))),
