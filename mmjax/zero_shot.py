@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import types
 from typing import Any, Callable, Sequence
 
@@ -283,7 +284,16 @@ def main(argv: Sequence[str]) -> None:
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    flags = _FLAGS
+    try:
+        _run(_FLAGS)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        # A wrong path, label or checkpoint: the message says what to do; a traceback would not.
+        sys.exit(f"error: {error}")
+
+
+def _run(flags: types.SimpleNamespace) -> None:
+    from absl import app
+
     classifier = load_classifier(
         flags.checkpoint.value, config=flags.config.value, tokenizer=flags.tokenizer.value,
         quick_gelu=flags.quick_gelu.value, open_clip_config=flags.open_clip_config.value,
