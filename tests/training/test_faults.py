@@ -145,11 +145,8 @@ def latest_checkpoint(workdir) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """The tiny dataset, built once here so that no two processes build it at the same time."""
-    data_dir = tmp_path_factory.mktemp("data")
-    prepare_shapes(tiny_config(data_dir).data)
-    return data_dir
+def data_dir(prepared_data_dir):
+    return prepared_data_dir
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import numpy as np
 import optax
 import pytest
 
-from mmjax.data.prepare import prepare_shapes
 from mmjax.training import sharding as shd
 from mmjax.training.freeze import freeze_parameters, trained_only
 from mmjax.training.loop import train_and_evaluate
@@ -21,10 +20,8 @@ FROZEN = ("image_encoder", "image_projection")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("data")
-    prepare_shapes(tiny_config(data_dir).data)
-    return data_dir
+def data_dir(prepared_data_dir):
+    return prepared_data_dir
 
 
 @pytest.fixture(scope="module")

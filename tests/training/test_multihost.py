@@ -15,7 +15,6 @@ import sys
 
 import pytest
 
-from mmjax.data.prepare import prepare_shapes
 from mmjax.training.distributed import distributed_settings
 from tests.training.test_faults import REPO, config_flags
 from tests.training.test_loop import saved_params, tiny_config
@@ -53,10 +52,8 @@ def wait(procs, timeout=400):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("data")
-    prepare_shapes(tiny_config(data_dir).data)
-    return data_dir
+def data_dir(prepared_data_dir):
+    return prepared_data_dir
 
 
 def test_two_processes_train_the_parameters_of_one(data_dir, tmp_path):

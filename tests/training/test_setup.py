@@ -53,7 +53,7 @@ def test_clip_b16_step_compiles_fully_sharded_on_an_8_device_mesh():
     assert per_device / 12 < flops < per_device
 
 
-@pytest.mark.parametrize("module", [clip_tiny, clip_small])
+@pytest.mark.parametrize("module", [clip_tiny, pytest.param(clip_small, marks=pytest.mark.slow)])
 def test_small_configs_compile(module):
     _, compiled = lower_and_compile(module.get_config())
     assert compiled.cost_analysis()["flops"] > 0

@@ -58,7 +58,8 @@ def one_device_run():
 
 @pytest.mark.parametrize(
     "mesh_config",
-    [{"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}, {"data": 4, "tensor": 2}],
+    [{"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2},
+     pytest.param({"data": 4, "tensor": 2}, marks=pytest.mark.slow)],
     ids=["dp8", "fsdp8", "dp2-fsdp2-tp2", "dp4-tp2"],
 )
 def test_parallel_layouts_equal_one_device(one_device_run, mesh_config):
