@@ -187,7 +187,9 @@ def test_grad_accum_steps_must_divide_the_batch_over_the_shards():
 
 @pytest.mark.parametrize(
     "remat",
-    [pytest.param(True, marks=pytest.mark.slow), jax.checkpoint_policies.dots_with_no_batch_dims_saveable],
+    # Slow: the default run compiles remat=True in the ViT-B/16 step (test_setup.py).
+    [pytest.param(True, marks=pytest.mark.slow),
+     pytest.param(jax.checkpoint_policies.dots_with_no_batch_dims_saveable, marks=pytest.mark.slow)],
     ids=["full", "save-dots"],
 )
 def test_remat_policies_recompute_the_same_gradients(remat):
