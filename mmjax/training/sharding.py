@@ -148,11 +148,6 @@ def to_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str,
     }
 
 
-def tree_shardings(tree: Any, sharding: NamedSharding) -> Any:
-    """The same sharding for every leaf of `tree` (a pytree of shardings, as jit expects)."""
-    return jax.tree.map(lambda _: sharding, tree)
-
-
 def mesh_sharding(
     logical_axes: P | tuple | None, shape: tuple[int, ...], mesh: Mesh,
     rules: tuple = LOGICAL_AXIS_RULES,
@@ -191,10 +186,6 @@ def param_shardings(boxed_params: Any, mesh: Mesh, rules: tuple = LOGICAL_AXIS_R
     return jax.tree.map(one, boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
-def _key_names(path: tuple) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def optimizer_state_shardings(abstract_opt_state: Any, abstract_params: Any, params_shardings: Any,
                               mesh: Mesh) -> Any:
     """Optimizer state laid out like the parameters it mirrors, the rest replicated.
@@ -204,16 +195,17 @@ def optimizer_state_shardings(abstract_opt_state: Any, abstract_params: Any, par
     shape gets that parameter's sharding, so FSDP shards the optimizer state along with the
     weights. Step counters and other scalars are replicated.
     """
-    by_path = {}
-    for (path, leaf), sharding in zip(
-        jax.tree_util.tree_leaves_with_path(abstract_params), jax.tree.leaves(params_shardings)
-    ):
-        by_path[_key_names(path)] = (tuple(leaf.shape), sharding)
+    by_name = {
+        _name(path): (tuple(leaf.shape), sharding)
+        for (path, leaf), sharding in zip(
+            jax.tree_util.tree_leaves_with_path(abstract_params), jax.tree.leaves(params_shardings)
+        )
+    }
 
     def one(path, leaf):
-        names = _key_names(path)
-        for start in range(len(names)):
-            match = by_path.get(names[start:])
+        parts = _name(path).split("/")
+        for start in range(len(parts)):  # the longest suffix of the path that names a parameter
+            match = by_name.get("/".join(parts[start:]))
             if match is not None and match[0] == tuple(leaf.shape):
                 return match[1]
         return replicated(mesh)
@@ -221,9 +213,11 @@ def optimizer_state_shardings(abstract_opt_state: Any, abstract_params: Any, par
     return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
 
 
+def _name(path: tuple) -> str:
+    """A pytree path as "a/b/kernel"."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
 def describe(shardings: Any) -> dict[str, str]:
     """{"params/a/b/kernel": "P(None, 'fsdp', 'tensor')"}: a readable map of a state's layout."""
-    return {
-        jax.tree_util.keystr(path, simple=True, separator="/"): str(s.spec)
-        for path, s in jax.tree_util.tree_leaves_with_path(shardings)
-    }
+    return {_name(path): str(s.spec) for path, s in jax.tree_util.tree_leaves_with_path(shardings)}
