@@ -1,0 +1,194 @@
+"""`make bench`: every benchmark, then BENCHMARKS.md's tables and the plots in docs/bench/.
+
+    python bench/run_all.py                  # everything (about 25 minutes on 2 CPU cores)
+    python bench/run_all.py --only ceiling step peer
+    python bench/run_all.py --report-only    # rewrite BENCHMARKS.md from bench/results.json
+
+Suites (each measurement in its own process, see runner.py):
+  ceiling    float32 matmul rate and memory bandwidth (ceiling.py)
+  step       train step of clip_tiny, clip_small, clip_s16: time, examples/s, FLOPs, MFU (step.py),
+             with XLA's FLOP count of the unrolled step as a cross-check (compile_time.py)
+  peer       the same step in PyTorch (open_clip), alternating runs with mmjax (peer.py, step.py)
+  allocator  clip_s16's step with the system allocator vs tcmalloc
+  loader     examples/s the training loader delivers (input_pipeline.py)
+  scaling    step time vs batch size, image resolution, text length and forced CPU devices
+  inference  embedding throughput; CoCa generate() tokens/s, greedy and beam 4 (inference.py)
+  compile    compile time of clip_b16 and clip_s16, scanned and unrolled (compile_time.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import report  # noqa: E402
+from bench.runner import ROOT, host_allocator, run  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "bench", "results.json")
+STEP_CASES = [  # (config, overrides, timed steps)
+    ("configs/clip_tiny.py", {}, 20),
+    ("configs/clip_small.py", {"batch_size": 64}, 10),
+    ("configs/clip_s16.py", {}, 6),
+]
+PEER_ROUNDS = {"clip_tiny.py": 3, "clip_small.py": 3, "clip_s16.py": 2}
+
+
+def _sets(overrides: dict) -> list[str]:
+    return [arg for k, v in overrides.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
+
+
+def _step(config: str, overrides: dict, steps: int, **kw) -> dict:
+    return run("step.py", "--config", config, "--steps", str(steps), *_sets(overrides), **kw)
+
+
+def suite_ceiling(results: dict) -> None:
+    results["ceiling"] = run("ceiling.py")
+
+
+def suite_step(results: dict) -> None:
+    rows = []
+    for config, overrides, steps in STEP_CASES:
+        row = _step(config, overrides, steps)
+        unrolled = run("compile_time.py", "--config", config, "--unrolled", *_sets(overrides))
+        row["flops_xla_unrolled"] = unrolled["flops_xla"]
+        rows.append(row)
+        print(f"  step {row['config']}: {row['step_s'] * 1e3:.0f} ms", file=sys.stderr, flush=True)
+    results["step"] = rows
+
+
+def suite_peer(results: dict) -> None:
+    """Alternating runs: mmjax, peer, mmjax, peer, ...; each run's median step, then the median
+    over runs; the ratio of those is reported."""
+    rows = []
+    for config, overrides, steps in STEP_CASES:
+        name = os.path.basename(config)
+        mmjax_runs, peer_runs = [], []
+        for _ in range(PEER_ROUNDS[name]):
+            mmjax_runs.append(_step(config, overrides, steps))
+            peer_runs.append(run("peer.py", "--config", config, "--steps", str(steps), *_sets(overrides)))
+        mmjax_s = statistics.median(r["step_s"] for r in mmjax_runs)
+        peer_s = statistics.median(r["step_s"] for r in peer_runs)
+        rows.append({
+            "config": name, "batch_size": mmjax_runs[0]["batch_size"],
+            "mmjax_parameters": mmjax_runs[0]["parameters"], "peer_parameters": peer_runs[0]["parameters"],
+            "max_embedding_diff": peer_runs[0]["max_embedding_diff"], "threads": peer_runs[0]["threads"],
+            "mmjax_step_s": mmjax_s, "peer_step_s": peer_s, "speedup": peer_s / mmjax_s,
+            "mmjax_runs": [r["step_s"] for r in mmjax_runs], "peer_runs": [r["step_s"] for r in peer_runs],
+            "flops_analytic": mmjax_runs[0]["flops_analytic"], "versions": peer_runs[0]["versions"],
+        })
+        print(f"  peer {name}: mmjax {mmjax_s:.3f} s, peer {peer_s:.3f} s", file=sys.stderr, flush=True)
+    results["peer"] = rows
+
+
+def suite_allocator(results: dict) -> None:
+    config, overrides, steps = STEP_CASES[-1]
+    rows = []
+    for _ in range(2):
+        for allocator in (False, True):
+            rows.append(_step(config, overrides, steps, allocator=allocator))
+    results["allocator"] = rows
+
+
+def suite_loader(results: dict) -> None:
+    rows = [
+        run("input_pipeline.py", "--config", "configs/clip_tiny.py"),
+        run("input_pipeline.py", "--config", "configs/clip_tiny.py", "--set", "data.num_threads=2"),
+        # A smaller 224 px build (2048 training scenes): the loader's speed does not depend on
+        # the split's size, and the full 20k-scene build at 224 px takes long.
+        run("input_pipeline.py", "--config", "configs/clip_s16.py", "--batches", "10",
+            *_sets({"data.num_train": 2048, "data.num_validation": 64, "data.num_test": 64,
+                    "data.num_compositional_test": 64, "data.num_threads": 2})),
+    ]
+    results["loader"] = rows
+
+
+def suite_scaling(results: dict) -> None:
+    config = "configs/clip_tiny.py"
+    rows = []
+    for batch in (64, 128, 256, 512):
+        rows.append(dict(_step(config, {"batch_size": batch}, 10), axis="batch_size", value=batch))
+    for size in (48, 96, 144, 192):
+        rows.append(dict(_step(config, {"data.image_size": size}, 5), axis="image_size", value=size))
+    for length in (16, 32, 64, 128):
+        rows.append(dict(_step(config, {"data.text_len": length}, 10), axis="text_len", value=length))
+    for devices in (1, 2, 4, 8):
+        rows.append(dict(_step(config, {}, 10, devices=devices), axis="devices", value=devices))
+    results["scaling"] = rows
+
+
+def suite_inference(results: dict) -> None:
+    results["inference"] = [
+        run("inference.py", "--config", "configs/clip_tiny.py", "--batch", "256"),
+        run("inference.py", "--config", "configs/clip_s16.py", "--batch", "32"),
+        run("inference.py", "--config", "configs/coca_tiny.py", "--batch", "64", "--beam", "1", "4"),
+    ]
+
+
+def suite_compile(results: dict) -> None:
+    rows = []
+    for config in ("configs/clip_b16.py", "configs/clip_s16.py"):
+        rows.append(run("compile_time.py", "--config", config))
+        rows.append(run("compile_time.py", "--config", config, "--unrolled"))
+    results["compile"] = rows
+
+
+SUITES = {
+    "ceiling": suite_ceiling, "step": suite_step, "peer": suite_peer, "allocator": suite_allocator,
+    "loader": suite_loader, "scaling": suite_scaling, "inference": suite_inference, "compile": suite_compile,
+}
+
+
+def machine() -> dict:
+    import importlib.metadata as md
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for package in ("jax", "jaxlib", "flax", "optax", "torch", "open_clip_torch", "numpy"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return {
+        "date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+        "python": platform.python_version(), "versions": versions,
+        "allocator": "tcmalloc" if host_allocator() else "system",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(SUITES), help="run these suites only")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    results = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            results = json.load(f)
+    if not args.report_only:
+        results["machine"] = machine()
+        for name in args.only or SUITES:
+            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+            SUITES[name](results)
+            # Saved after every suite: an interrupted run keeps what it measured.
+            tmp = RESULTS + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(tmp, RESULTS)
+    report.write(results)
+    print(report.summary(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Train-step speed of a config: compile time, step time, examples/s, FLOPs, MFU, peak memory.
+
+    python bench/step.py --config configs/clip_s16.py --steps 10
+    python bench/step.py --config configs/clip_tiny.py --set batch_size=512 --json
+
+Builds the exact step `train.py` runs (`setup_training`: sharded state, donated buffers, the
+config's loss and optimizer) on all local devices, feeds it one random batch already on the
+devices (so only the step is timed; the loader is `input_pipeline.py`'s business), and times each
+step to completion. Reported time is the median over `--steps` steps after `--warmup` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.workload import load_config, random_batch, train_flops  # noqa: E402
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["batch_size=16", "data.image_size=112"] -> {"batch_size": 16, "data.image_size": 112}."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not value:
+            raise SystemExit(f"--set {item!r}: expected key=value, e.g. --set batch_size=16")
+        out[key] = json.loads(value) if value[0] in "-0123456789[{tf" else value
+    return out
+
+
+def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> dict:
+    """Times the config's train step; returns one row of measurements (see `main`)."""
+    import jax
+    import numpy as np
+
+    from mmjax.training import sharding as shd
+    from mmjax.training.setup import setup_training
+    from mmjax.training.state import count_params
+
+    config = load_config(config_path, **overrides)
+    mesh = shd.make_mesh(config.mesh)
+    task, _, init_fn, abstract_state, train_step = setup_training(config, mesh)
+    batch = jax.device_put(random_batch(config), shd.batch_sharding(mesh))
+
+    start = time.perf_counter()
+    compiled = train_step.lower(abstract_state, batch).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    memory = compiled.memory_analysis()
+
+    state = init_fn()
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        state, metrics = train_step(state, batch)
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    if not np.isfinite(float(metrics["loss"])):
+        raise RuntimeError(f"{config_path}: the benchmarked step gave a non-finite loss")
+    step_s = float(np.median(times))
+    flops = train_flops(config)
+    return {
+        "framework": "mmjax",
+        "config": os.path.basename(config_path),
+        "overrides": overrides,
+        "devices": jax.device_count(),
+        "parameters": count_params(abstract_state.params),
+        "batch_size": config.batch_size,
+        "image_size": config.data.image_size,
+        "text_len": config.data.text_len,
+        "compile_s": compile_s,
+        "step_s": step_s,
+        "step_s_all": times,
+        "examples_per_s": config.batch_size / step_s,
+        "flops_analytic": flops,
+        "flops_xla": float(cost.get("flops", float("nan"))),
+        "flops_per_s": flops / step_s,
+        # What the compiled program holds at its peak (arguments + outputs + temporaries, XLA's
+        # plan), and the process's peak resident memory (everything, Python included).
+        "peak_bytes_xla": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                              + memory.temp_size_in_bytes - memory.alias_size_in_bytes),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. batch_size=16 or data.image_size=112")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    args = parser.parse_args()
+    row = measure(args.config, args.steps, args.warmup, **parse_overrides(args.set))
+    if args.json:
+        print(json.dumps(row))
+        return
+    print(f"{row['config']} batch {row['batch_size']} on {row['devices']} device(s): "
+          f"{row['parameters'] / 1e6:.1f} M params, compile {row['compile_s']:.1f} s, "
+          f"step {row['step_s'] * 1e3:.0f} ms (median of {args.steps}), "
+          f"{row['examples_per_s']:.1f} ex/s, {row['flops_per_s'] / 1e9:.1f} GFLOP/s "
+          f"(analytic {row['flops_analytic'] / 1e9:.1f} GFLOP/step, XLA {row['flops_xla'] / 1e9:.1f})")
+
+
+if __name__ == "__main__":
+    main()

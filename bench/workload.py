@@ -1,0 +1,101 @@
+"""What every benchmark measures on: a config by path, a random batch, and the step's FLOPs.
+
+The batch is random (uint8 pixels, token ids ending in end-of-text and padded after it), so the
+step benchmarks need no dataset and measure the model alone; `input_pipeline.py` measures the
+loader separately.
+
+FLOPs are counted two ways that must agree (see BENCHMARKS.md, "How FLOPs are counted"):
+
+  analytic   2 FLOPs per multiply-add of every matmul, forward; a training step costs 3 x that
+             (the backward pass computes the gradient with respect to both inputs of each matmul:
+             2 x the forward):
+               per token and layer    2 · (4 w² + 2 w m)                   q, k, v, out; MLP in/out
+               attention per layer    2 · 2 · s² · w  per example          Q·Kᵀ and A·V
+               patch embedding        2 · p² · 3 · w  per patch
+               projections            2 · w · d  per example and tower     pooled -> shared space
+               loss                   2 · B · B · d                        the similarity matrix
+  XLA        `compiled.cost_analysis()["flops"]` of the compiled train step: XLA's own count of
+             every HLO operation, elementwise work included (what it counts for matmuls is
+             2 · M · N · K, as above).
+
+MFU = analytic FLOPs per step / step time / the measured matmul rate of `ceiling.py`: model FLOPs
+only, so recomputation (remat) and elementwise work count as overhead, as in the PaLM paper's
+definition.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path: str, **overrides: Any):
+    """`get_config()` of a config file (path relative to the repository root), with dotted
+    overrides such as {"batch_size": 16, "data.image_size": 112}."""
+    spec = importlib.util.spec_from_file_location("bench_config", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        # A tower's optional module fields (scan, remat, dtype, ...) may be absent from the file.
+        if leaf not in node and parents[:1] != ["model"]:
+            raise KeyError(f"override {key!r}: {path} has no field {leaf!r} there")
+        node[leaf] = value
+    if "data.text_len" in overrides:
+        config.model.text.max_len = config.data.text_len
+    return config
+
+
+def random_batch(config, batch_size: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """A contrastive batch: images uint8 [B, H, W, 3]; token_ids int32 [B, L], each row
+    random ids, then end-of-text (id 2), then padding (id 0), at a random length."""
+    from mmjax.data.tokenizer import EOS_ID, PAD_ID
+
+    rng = np.random.default_rng(seed)
+    batch_size = batch_size or config.batch_size
+    size, text_len, vocab = config.data.image_size, config.data.text_len, config.model.text.vocab_size
+    images = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    tokens = rng.integers(3, vocab, (batch_size, text_len), dtype=np.int32)
+    lengths = rng.integers(text_len // 4, text_len, batch_size)
+    positions = np.arange(text_len)[None, :]
+    tokens = np.where(positions == lengths[:, None], EOS_ID, tokens)
+    tokens = np.where(positions > lengths[:, None], PAD_ID, tokens).astype(np.int32)
+    return {"images": images, "token_ids": tokens}
+
+
+def image_tokens(config) -> int:
+    image = config.model.image
+    return (config.data.image_size // image.patch_size) ** 2 + (image.get("pool", "token") == "token")
+
+
+def forward_flops_per_example(config) -> float:
+    """Model FLOPs of one example's forward pass (matmuls only; see the module docstring)."""
+    image, text = config.model.image, config.model.text
+    embed = config.model.embed_dim
+
+    def tower(width: int, depth: int, mlp: int, tokens: int) -> float:
+        per_token = 2 * (4 * width * width + 2 * width * mlp)
+        attention = 2 * 2 * tokens * tokens * width
+        return depth * (per_token * tokens + attention) + 2 * width * embed
+
+    patches = (config.data.image_size // image.patch_size) ** 2
+    flops = tower(image.width, image.depth, image.mlp_dim, image_tokens(config))
+    flops += 2 * image.patch_size ** 2 * 3 * image.width * patches
+    flops += tower(text.width, text.depth, text.mlp_dim, config.data.text_len)
+    return float(flops)
+
+
+def train_flops(config, batch_size: int | None = None) -> float:
+    """Analytic FLOPs of one training step: 3 x forward, plus the B x B similarity matrix."""
+    batch_size = batch_size or config.batch_size
+    loss = 2 * batch_size * batch_size * config.model.embed_dim
+    return 3.0 * (batch_size * forward_flops_per_example(config) + loss)
