@@ -11,8 +11,8 @@ mesh. Per device it reports
     parameters, optimizer state   from the shardings the logical-axis rules give each array
     activations (temporaries)     XLA's compiled memory analysis (`temp_size_in_bytes`): what the
                                   forward and backward pass hold at their peak, with remat
-    FLOPs per step                analytic: 6 · (matmul parameters touched per token) · tokens,
-                                  plus attention's 12 · layers · seq² · width per example
+    FLOPs per step                analytic (`bench/workload.py`: every matmul's 2·M·N·K, forward
+                                  and backward, the count BENCHMARKS.md checks against XLA's)
 
 The compiled program is XLA:CPU's; a TPU or GPU compiler fuses and schedules differently, so
 temporaries are an estimate of the right order, while parameter and optimizer bytes are exact.
@@ -42,26 +42,8 @@ CASES = [
 ]
 
 
-def analytic_flops(config) -> float:
-    """6 x multiply-adds per token of every matmul (forward 2, backward 4) + attention scores."""
-    image, text = config.model.image, config.model.text
-    image_tokens = (config.data.image_size // image.patch_size) ** 2 + (image.get("pool") == "token")
-    text_tokens = config.data.text_len
-
-    def tower(width, depth, mlp, tokens):
-        per_layer = 4 * width * width + 2 * width * mlp          # q, k, v, out + MLP in/out
-        attention = 2 * tokens * width                            # Q·Kᵀ and A·V per token
-        return depth * (per_layer + attention) * tokens
-
-    per_example = tower(image.width, image.depth, image.mlp_dim, image_tokens)
-    per_example += tower(text.width, text.depth, text.mlp_dim, text_tokens)
-    return 6.0 * config.batch_size * per_example
-
-
 def measure(config_path: str, mesh: tuple[int, int, int]) -> dict:
     """Runs inside a process with the right number of forced devices."""
-    import importlib.util
-
     import jax
     import numpy as np
 
@@ -69,10 +51,9 @@ def measure(config_path: str, mesh: tuple[int, int, int]) -> dict:
     from mmjax.training.setup import setup_training
     from mmjax.training.state import count_params
 
-    spec = importlib.util.spec_from_file_location("config_module", os.path.join(ROOT, config_path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    from bench.workload import load_config, train_flops
+
+    config = load_config(config_path)
     config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
     mesh_obj = shd.make_mesh(config.mesh)
     task, _, _, abstract_state, train_step = setup_training(config, mesh_obj)
@@ -96,7 +77,7 @@ def measure(config_path: str, mesh: tuple[int, int, int]) -> dict:
         "opt_bytes": per_device_bytes(abstract_state.opt_state),
         "temp_bytes": int(memory.temp_size_in_bytes),
         "argument_bytes": int(memory.argument_size_in_bytes),
-        "flops_per_step": analytic_flops(config),
+        "flops_per_step": train_flops(config),
         "compile_s": compile_s,
     }
 

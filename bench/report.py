@@ -90,15 +90,32 @@ def section_peer(r: dict) -> str:
 
 
 def section_allocator(r: dict) -> str:
-    rows = []
     by = {}
     for a in r["allocator"]:
-        by.setdefault(a["allocator"], []).append(a["step_s"])
-    base = min(by.get("system", [float("nan")]))
-    for name, times in by.items():
-        rows.append([r["allocator"][0]["config"], r["allocator"][0]["batch_size"], name,
-                     ", ".join(_ms(t) for t in times), f"{base / min(times):.2f}x"])
-    return table(["config", "batch", "allocator", "step ms (each run)", "speed vs system"], rows)
+        by.setdefault((a["config"], a["batch_size"]), {}).setdefault(a["allocator"], []).append(a["step_s"])
+    rows = []
+    for (config, batch), runs in by.items():
+        base = sorted(runs.get("system", [float("nan")]))
+        for name, times in runs.items():
+            rows.append([config, batch, name, ", ".join(_ms(t) for t in times),
+                         f"{min(base) / min(times):.2f}x"])
+    return table(["config", "batch", "allocator", "step ms (each run)", "speed vs system (best runs)"], rows)
+
+
+def section_profile(r: dict) -> str:
+    return "\n\n".join(_profile(p) for p in r["profile"])
+
+
+def _profile(p: dict) -> str:
+    total = sum(p["groups_s"].values())
+    rows = [[group, _ms(s), f"{100 * s / total:.0f}%"] for group, s in
+            sorted(p["groups_s"].items(), key=lambda kv: -kv[1])]
+    lines = [f"{p['config']}, batch {p['batch_size']}, one step (thread time, both cores):", "",
+             table(["kind of operation", "ms", "share"], rows), "",
+             f"Matmuls overall: {_g(p['matmul_flops_per_s'])} GFLOP/s. The largest, by shape:", "",
+             table(["matmul (output, contracted size)", "calls", "ms", "GFLOP/s"],
+                   [[m["shape"], m["calls"], _ms(m["seconds"]), _g(m["flops_per_s"])] for m in p["top_matmuls"]])]
+    return "\n".join(lines)
 
 
 def section_loader(r: dict) -> str:
@@ -154,6 +171,7 @@ def section_accelerators(r: dict) -> str:
 
 SECTIONS = {
     "machine": section_machine, "step": section_step, "peer": section_peer, "allocator": section_allocator,
+    "profile": section_profile,
     "loader": section_loader, "scaling": section_scaling, "inference": section_inference,
     "compile": section_compile, "accelerators": section_accelerators,
 }
@@ -195,13 +213,14 @@ def plot_peer(r: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write(results: dict) -> None:
-    os.makedirs(PLOTS, exist_ok=True)
+def write(results: dict, doc: str = DOC, plots: str = PLOTS) -> None:
+    """Replaces the generated blocks of `doc` and draws the plots into `plots`."""
+    os.makedirs(plots, exist_ok=True)
     if "scaling" in results:
-        plot_scaling(results, os.path.join(PLOTS, "scaling.png"))
+        plot_scaling(results, os.path.join(plots, "scaling.png"))
     if "peer" in results:
-        plot_peer(results, os.path.join(PLOTS, "peer.png"))
-    with open(DOC) as f:
+        plot_peer(results, os.path.join(plots, "peer.png"))
+    with open(doc) as f:
         text = f.read()
     for name, section in SECTIONS.items():
         pattern = re.compile(rf"(<!-- bench:{name} -->).*?(<!-- /bench:{name} -->)", re.S)
@@ -212,10 +231,10 @@ def write(results: dict) -> None:
         except KeyError as missing:
             body = f"(not measured yet: run `python bench/run_all.py --only {missing.args[0]}`)"
         text = pattern.sub(lambda m: f"{m.group(1)}\n{body}\n{m.group(2)}", text)
-    tmp = DOC + ".tmp"
+    tmp = doc + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
-    os.replace(tmp, DOC)
+    os.replace(tmp, doc)
 
 
 def summary(results: dict) -> str:

@@ -9,7 +9,8 @@ Suites (each measurement in its own process, see runner.py):
   step       train step of clip_tiny, clip_small, clip_s16: time, examples/s, FLOPs, MFU (step.py),
              with XLA's FLOP count of the unrolled step as a cross-check (compile_time.py)
   peer       the same step in PyTorch (open_clip), alternating runs with mmjax (peer.py, step.py)
-  allocator  clip_s16's step with the system allocator vs tcmalloc
+  allocator  clip_tiny's and clip_s16's step with the system allocator vs tcmalloc
+  profile    where clip_s16's step spends its time, by kind of operation (profile_step.py)
   loader     examples/s the training loader delivers (input_pipeline.py)
   scaling    step time vs batch size, image resolution, text length and forced CPU devices
   inference  embedding throughput; CoCa generate() tokens/s, greedy and beam 4 (inference.py)
@@ -38,6 +39,11 @@ STEP_CASES = [  # (config, overrides, timed steps)
     ("configs/clip_s16.py", {}, 6),
 ]
 PEER_ROUNDS = {"clip_tiny.py": 3, "clip_small.py": 3, "clip_s16.py": 2}
+# open_clip's vision tower pools a class token, learns its position table and has no patch bias;
+# clip_tiny and clip_small (mean pooling, sin-cos positions, a patch bias) are compared in that
+# form, on both sides. clip_s16 is open_clip's ViT-S-16 as it is.
+OPEN_CLIP_FORM = {"model.image.pool": "token", "model.image.position_embedding": "learned",
+                  "model.image.patch_bias": False}
 
 
 def _sets(overrides: dict) -> list[str]:
@@ -69,6 +75,8 @@ def suite_peer(results: dict) -> None:
     rows = []
     for config, overrides, steps in STEP_CASES:
         name = os.path.basename(config)
+        if name != "clip_s16.py":
+            overrides = {**overrides, **OPEN_CLIP_FORM}
         mmjax_runs, peer_runs = [], []
         for _ in range(PEER_ROUNDS[name]):
             mmjax_runs.append(_step(config, overrides, steps))
@@ -88,12 +96,17 @@ def suite_peer(results: dict) -> None:
 
 
 def suite_allocator(results: dict) -> None:
-    config, overrides, steps = STEP_CASES[-1]
     rows = []
-    for _ in range(2):
-        for allocator in (False, True):
-            rows.append(_step(config, overrides, steps, allocator=allocator))
+    for config, overrides, steps in (STEP_CASES[0], ("configs/clip_s16.py", {"batch_size": 16}, 4)):
+        for _ in range(2):
+            for allocator in (False, True):
+                rows.append(_step(config, overrides, steps, allocator=allocator))
     results["allocator"] = rows
+
+
+def suite_profile(results: dict) -> None:
+    results["profile"] = [run("profile_step.py", "--config", config) for config in
+                          ("configs/clip_tiny.py", "configs/clip_s16.py")]
 
 
 def suite_loader(results: dict) -> None:
@@ -141,7 +154,7 @@ def suite_compile(results: dict) -> None:
 
 SUITES = {
     "ceiling": suite_ceiling, "step": suite_step, "peer": suite_peer, "allocator": suite_allocator,
-    "loader": suite_loader, "scaling": suite_scaling, "inference": suite_inference, "compile": suite_compile,
+    "profile": suite_profile, "loader": suite_loader, "scaling": suite_scaling, "inference": suite_inference, "compile": suite_compile,
 }
 
 

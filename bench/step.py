@@ -30,7 +30,10 @@ def parse_overrides(items: list[str]) -> dict:
         key, _, value = item.partition("=")
         if not value:
             raise SystemExit(f"--set {item!r}: expected key=value, e.g. --set batch_size=16")
-        out[key] = json.loads(value) if value[0] in "-0123456789[{tf" else value
+        try:
+            out[key] = json.loads(value)  # numbers, true/false, "quoted strings"
+        except json.JSONDecodeError:
+            out[key] = value  # a bare string: data.data_dir=data
     return out
 
 

@@ -8,7 +8,8 @@ FLOPs are counted two ways that must agree (see BENCHMARKS.md, "How FLOPs are co
 
   analytic   2 FLOPs per multiply-add of every matmul, forward; a training step costs 3 x that
              (the backward pass computes the gradient with respect to both inputs of each matmul:
-             2 x the forward):
+             2 x the forward), except the patch embedding, whose input (the pixels) needs no
+             gradient: 2 x:
                per token and layer    2 · (4 w² + 2 w m)                   q, k, v, out; MLP in/out
                attention per layer    2 · 2 · s² · w  per example          Q·Kᵀ and A·V
                patch embedding        2 · p² · 3 · w  per patch
@@ -77,6 +78,13 @@ def image_tokens(config) -> int:
     return (config.data.image_size // image.patch_size) ** 2 + (image.get("pool", "token") == "token")
 
 
+def patch_embedding_flops(config) -> float:
+    """Forward FLOPs of one image's patch embedding: 2 · p² · 3 · w per patch."""
+    image = config.model.image
+    patches = (config.data.image_size // image.patch_size) ** 2
+    return float(2 * image.patch_size ** 2 * 3 * image.width * patches)
+
+
 def forward_flops_per_example(config) -> float:
     """Model FLOPs of one example's forward pass (matmuls only; see the module docstring)."""
     image, text = config.model.image, config.model.text
@@ -87,15 +95,16 @@ def forward_flops_per_example(config) -> float:
         attention = 2 * 2 * tokens * tokens * width
         return depth * (per_token * tokens + attention) + 2 * width * embed
 
-    patches = (config.data.image_size // image.patch_size) ** 2
     flops = tower(image.width, image.depth, image.mlp_dim, image_tokens(config))
-    flops += 2 * image.patch_size ** 2 * 3 * image.width * patches
+    flops += patch_embedding_flops(config)
     flops += tower(text.width, text.depth, text.mlp_dim, config.data.text_len)
     return float(flops)
 
 
 def train_flops(config, batch_size: int | None = None) -> float:
-    """Analytic FLOPs of one training step: 3 x forward, plus the B x B similarity matrix."""
+    """Analytic FLOPs of one training step: 3 x forward (2 x for the patch embedding), plus the
+    B x B similarity matrix of the loss (3 x 2·B·B·d)."""
     batch_size = batch_size or config.batch_size
     loss = 2 * batch_size * batch_size * config.model.embed_dim
-    return 3.0 * (batch_size * forward_flops_per_example(config) + loss)
+    forward = batch_size * forward_flops_per_example(config) + loss
+    return 3.0 * forward - batch_size * patch_embedding_flops(config)

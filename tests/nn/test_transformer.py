@@ -53,6 +53,30 @@ def test_scanned_stack_equals_unrolled_blocks(remat):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("unroll", [2, True])
+def test_unrolled_scan_keeps_parameters_outputs_and_gradients(unroll):
+    """`unroll` changes the compiled program, not the model: the same stacked parameters give the
+    same outputs and gradients as the one-block loop, and no while loop is left when all
+    blocks are unrolled."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 6, 16)).astype(np.float32)
+    mask = make_causal_mask(6)
+    looped = Encoder(depth=4, num_heads=4, mlp_dim=32)
+    unrolled = Encoder(depth=4, num_heads=4, mlp_dim=32, unroll=unroll)
+    p = nn.unbox(jax.jit(looped.init)(jax.random.key(0), x, mask))
+    p_unrolled = nn.unbox(jax.jit(unrolled.init)(jax.random.key(0), x, mask))
+    jax.tree.map(np.testing.assert_array_equal, p, p_unrolled)
+
+    def loss(model):
+        return jax.jit(jax.value_and_grad(lambda p: jnp.mean(model.apply(p, x, mask) ** 2)))
+
+    (value, grads), (value_u, grads_u) = loss(looped)(p), loss(unrolled)(p)
+    np.testing.assert_allclose(value_u, value, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_u, grads)
+    hlo = jax.jit(unrolled.apply).lower(p, x, mask).as_text()
+    assert ("while" in hlo) == (unroll is not True)
+
+
 def test_causal_stack_ignores_future_tokens():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 8, 16)).astype(np.float32)

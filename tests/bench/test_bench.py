@@ -1,0 +1,93 @@
+"""bench/: the FLOP count that MFU rests on, the PyTorch peer's equivalence, and that the
+benchmarks run and fill every table of BENCHMARKS.md."""
+
+import json
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bench import report
+from bench.profile_step import hlo_dots
+from bench.run_all import OPEN_CLIP_FORM, RESULTS
+from bench.workload import load_config, random_batch, train_flops
+from mmjax.losses import clip_loss
+from mmjax.training.setup import build_task
+
+SMALL_S16 = {  # clip_s16's architecture (GELU, class token, ln_pre, no patch bias) shrunk
+    "batch_size": 8, "data.image_size": 64, "data.text_len": 16, "model.image.depth": 2,
+    "model.text.depth": 2, "model.text.vocab_size": 512,
+}
+
+
+@pytest.mark.parametrize("path, overrides", [
+    ("configs/clip_tiny.py", {"batch_size": 16}),
+    ("configs/clip_s16.py", SMALL_S16),
+])
+def test_analytic_flops_equal_the_compiled_gradients_matmuls(path, overrides):
+    """Every dot XLA compiles for loss + gradients (layers unrolled, so each is counted),
+    summed as 2·M·N·K, equals the analytic count of bench/workload.py."""
+    config = load_config(path, **overrides, **{"model.image.scan": False, "model.text.scan": False})
+    config.contrastive_loss = clip_loss  # the unsharded loss: no mesh needed
+    task = build_task(config)
+    batch = {k: jnp.asarray(v) for k, v in random_batch(config).items()}
+    params = nn.unbox(task.init(jax.random.key(0), batch))
+    grads = jax.jit(jax.grad(lambda p: task.loss(p, batch, jax.random.key(1))[0]))
+    hlo = grads.lower(params).compile().as_text()
+    compiled = sum(flops for flops, _ in hlo_dots(hlo).values())
+    assert compiled == pytest.approx(train_flops(config), rel=1e-6)
+
+
+@pytest.mark.parametrize("path, overrides", [
+    ("configs/clip_tiny.py", {**OPEN_CLIP_FORM, "batch_size": 8}),  # ReLU, swapped into open_clip
+    ("configs/clip_s16.py", SMALL_S16),
+])
+def test_peer_is_the_same_model(path, overrides):
+    """open_clip's model built by bench/peer.py has mmjax's parameter count and, with mmjax's
+    weights copied in, gives the same embeddings: the two benchmarks time the same function."""
+    pytest.importorskip("open_clip")
+    from bench.peer import build_peer, check_same_function
+
+    config = load_config(path, **overrides)
+    task = build_task(config)
+    batch = random_batch(config, seed=3)
+    params = nn.unbox(task.init(jax.random.key(0), {k: jnp.asarray(v) for k, v in batch.items()}))
+    model, mmjax_params = build_peer(config, params)
+    assert sum(p.numel() for p in model.parameters()) == mmjax_params
+    assert check_same_function(task, params, model, batch) < 1e-5
+
+
+def test_step_benchmark_measures_a_real_step():
+    from bench.step import measure
+
+    row = measure("configs/clip_tiny.py", steps=2, warmup=1, batch_size=16)
+    assert row["devices"] == jax.device_count() and row["batch_size"] == 16
+    assert len(row["step_s_all"]) == 2 and all(t > 0 for t in row["step_s_all"])
+    assert row["examples_per_s"] == pytest.approx(16 / row["step_s"])
+    # The scanned program's XLA count holds each layer once: below the analytic count.
+    assert 0 < row["flops_xla"] < row["flops_analytic"]
+    assert row["peak_bytes_xla"] > 0
+
+
+def test_overrides_name_missing_fields():
+    with pytest.raises(KeyError, match="batch_sise"):
+        load_config("configs/clip_tiny.py", batch_sise=8)
+
+
+def test_report_fills_every_table(tmp_path):
+    """The committed results render into every generated block of a copy of BENCHMARKS.md."""
+    with open(RESULTS) as f:
+        results = json.load(f)
+    doc = tmp_path / "BENCHMARKS.md"
+    shutil.copy(report.DOC, doc)
+    report.write(results, doc=str(doc), plots=str(tmp_path / "plots"))
+    text = doc.read_text()
+    for name in report.SECTIONS:
+        block = text.split(f"<!-- bench:{name} -->")[1].split(f"<!-- /bench:{name} -->")[0]
+        assert block.strip() and "not measured" not in block, name
+    assert os.path.exists(tmp_path / "plots" / "scaling.png")
+    assert np.isfinite(results["ceiling"]["matmul_flops_per_s"])
