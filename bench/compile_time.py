@@ -50,6 +50,7 @@ def measure(config_path: str, scan: bool = True, **overrides) -> dict:
         "config": os.path.basename(config_path),
         "overrides": {k: str(v) for k, v in overrides.items()},
         "scan": scan,
+        "unroll": str(config.model.image.get("unroll", 1)) if scan else "-",
         "batch_size": config.batch_size,
         "devices": jax.device_count(),
         "lower_s": lower_s,
@@ -70,7 +71,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(row))
         return
-    print(f"{row['config']} ({'scanned' if row['scan'] else 'unrolled'}, batch {row['batch_size']}): "
+    print(f"{row['config']} ({'scanned, unroll ' + row['unroll'] if row['scan'] else 'scan=False'}, batch {row['batch_size']}): "
           f"trace+lower {row['lower_s']:.1f} s, compile {row['compile_s']:.1f} s; FLOPs/step "
           f"XLA {row['flops_xla'] / 1e12:.2f} T, analytic {row['flops_analytic'] / 1e12:.2f} T")
 

@@ -123,11 +123,14 @@ def section_loader(r: dict) -> str:
     rows = []
     for l in r["loader"]:
         step = consumed.get(l["config"])
+        cached = l.get("cached_examples_per_s")
+        best = cached or l["loader_examples_per_s"]
         rows.append([l["config"], l["image_size"], l["batch_size"], l["num_threads"],
-                     f"{l['loader_examples_per_s']:,.0f}", f"{step:,.1f}" if step else "-",
-                     f"**{l['loader_examples_per_s'] / step:.1f}x**" if step else "-"])
-    return table(["config", "image px", "batch", "loader threads", "loader examples/s",
-                  "step examples/s", "delivered / consumed"], rows)
+                     f"{l['loader_examples_per_s']:,.0f}", f"{cached:,.0f}" if cached else "- (not cached)",
+                     f"{step:,.1f}" if step else "-",
+                     f"**{best / step:.1f}x**" if step else "-"])
+    return table(["config", "image px", "batch", "loader threads", "first epoch examples/s",
+                  "later epochs (cached) examples/s", "step examples/s", "delivered / consumed"], rows)
 
 
 def section_scaling(r: dict) -> str:
@@ -148,7 +151,12 @@ def section_inference(r: dict) -> str:
 
 
 def section_compile(r: dict) -> str:
-    rows = [[c["config"], "scanned" if c["scan"] else "unrolled", c["batch_size"], f"{c['lower_s']:.1f}",
+    def layers(c: dict) -> str:
+        if not c["scan"]:
+            return "scan=False (separate blocks)"
+        return "scanned, unroll=True (straight code)" if c.get("unroll") == "True" else "scanned (compiled loop)"
+
+    rows = [[c["config"], layers(c), c["batch_size"], f"{c['lower_s']:.1f}",
              f"{c['compile_s']:.1f}", f"**{c['lower_s'] + c['compile_s']:.1f}**",
              f"{c['flops_xla'] / 1e12:,.2f}", f"{c['flops_analytic'] / 1e12:,.2f}"] for c in r["compile"]]
     return table(["config", "layers", "batch", "trace + lower s", "XLA compile s", "total s",
@@ -164,7 +172,7 @@ def section_accelerators(r: dict) -> str:
     for name, peak in ACCELERATORS:
         seconds = flops / (0.5 * peak)
         rows.append([name, f"{peak / 1e12:,.0f}", f"{flops / 1e12:,.0f}", f"{seconds:.2f}",
-                     f"{b16['batch_size'] / seconds:,.0f}", "not measured (no accelerator lent)"])
+                     f"{b16['batch_size'] / seconds:,.0f}", "not measured: no accelerator available"])
     return table(["hardware", "peak bf16 TFLOP/s", "TFLOP/step (batch 4096)", "step s at 50% MFU",
                   "examples/s", "measured"], rows)
 

@@ -146,8 +146,11 @@ def suite_inference(results: dict) -> None:
 
 def suite_compile(results: dict) -> None:
     rows = []
+    unroll = _sets({"model.image.unroll": True, "model.text.unroll": True})
+    loop = _sets({"model.image.unroll": False, "model.text.unroll": False})
     for config in ("configs/clip_b16.py", "configs/clip_s16.py"):
-        rows.append(run("compile_time.py", "--config", config))
+        rows.append(run("compile_time.py", "--config", config, *loop))
+        rows.append(run("compile_time.py", "--config", config, *unroll))
         rows.append(run("compile_time.py", "--config", config, "--unrolled"))
     results["compile"] = rows
 

@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.text_len = 77
     config.data.vocab_size = 49_408
     config.data.num_threads = 16
+    config.data.cache_decoded = False  # a real dataset does not fit in host memory
     config.model.embed_dim = 512
     config.model.image = ml_collections.ConfigDict(dict(
         patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072,

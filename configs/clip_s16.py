@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.image_size = 224
     config.data.text_len = 77
     config.data.vocab_size = 49_408
+    config.data.cache_decoded = False  # 224 px scenes: 3 GB decoded
     config.model.embed_dim = 384
     config.model.image = ml_collections.ConfigDict(dict(
         patch_size=16, width=384, depth=12, num_heads=6, mlp_dim=1536,

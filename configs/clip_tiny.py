@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.flip_probability = 0.5
     # Loader threads (batches are prepared while the device computes).
     config.data.num_threads = 1
+    # Keep decoded examples in memory (~0.3 GB at 48 px): each is read from disk and decoded
+    # once, not once per epoch, which leaves the CPU to the train step.
+    config.data.cache_decoded = True
 
     # What is learned: the model, its loss, its preprocessing and its evaluation.
     config.task = ContrastiveTask

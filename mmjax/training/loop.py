@@ -214,6 +214,7 @@ def train_and_evaluate(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         num_threads=config.data.num_threads,
+        cache_decoded=config.data.get("cache_decoded", False),
     )
 
     # The folders of saves that a crash cut short are deleted here; they were never "latest".

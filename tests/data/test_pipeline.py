@@ -6,6 +6,7 @@ import pytest
 from mmjax.data import shapes
 from mmjax.data.pipeline import (
     ContrastivePreprocess,
+    DecodedCache,
     MaskedLanguagePreprocess,
     VqaPreprocess,
     build_answer_vocabulary,
@@ -63,6 +64,32 @@ def test_same_seed_same_batches_and_epochs_cover_every_example(tokenizer):
     assert sorted(first_epoch) == list(range(40)) and sorted(second_epoch) == list(range(40))
     assert list(first_epoch) != list(second_epoch)  # reshuffled each epoch
     assert list(first_epoch) != list(range(40))
+
+
+class CountingSource(list):
+    """A list that counts how often each example is read (a stand-in for decoding from disk)."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.reads = np.zeros(len(items), int)
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return super().__getitem__(index)
+
+
+def test_cached_decoding_gives_the_same_batches_and_reads_each_example_once(tokenizer):
+    plain, counted = fake_source(), CountingSource(fake_source())
+    a = loader(tokenizer, plain, num_threads=2)
+    b = loader(tokenizer, counted, num_threads=2, cache_decoded=True)
+    for _ in range(15):  # three epochs of 40
+        want, got = next(a), next(b)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert counted.reads.min() >= 1 and counted.reads.max() <= 2  # two threads may race once
+    assert counted.reads.sum() <= 42
+    cache = DecodedCache(counted)
+    assert len(cache) == 40 and cache[7] is cache[7]
 
 
 def test_state_restores_the_exact_next_batches(tokenizer):
