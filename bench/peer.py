@@ -21,12 +21,11 @@ import json
 import os
 import resource
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.step import parse_overrides  # noqa: E402
-from bench.workload import load_config, random_batch, train_flops  # noqa: E402
+from bench.workload import load_config, random_batch, speed_row, time_steps  # noqa: E402
 
 
 def exportable(config):
@@ -93,8 +92,8 @@ def check_same_function(task, params, model, batch) -> float:
 
 
 def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> dict:
+    import flax.linen as nn
     import jax
-    import numpy as np
     import open_clip
     import torch
 
@@ -103,10 +102,8 @@ def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> 
     config = load_config(config_path, **overrides)
     task = build_task(config)
     host_batch = random_batch(config)
-    params = jax.device_get(task.init(jax.random.key(config.seed), {k: jax.numpy.asarray(v) for k, v in host_batch.items()}))
-    import flax.linen as nn
-
-    params = nn.unbox(params)
+    inputs = {k: jax.numpy.asarray(v) for k, v in host_batch.items()}
+    params = nn.unbox(jax.device_get(task.init(jax.random.key(config.seed), inputs)))
     model, mmjax_params = build_peer(config, params)
     peer_params = sum(p.numel() for p in model.parameters())
     if peer_params != mmjax_params:
@@ -121,38 +118,21 @@ def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> 
     images, tokens = torch_batch(host_batch)
     model.train()
 
-    def step():
+    def step() -> float:
         optimizer.zero_grad(set_to_none=True)
         image_features, text_features, logit_scale = model(images, tokens)
         loss = loss_fn(image_features, text_features, logit_scale)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip_norm)
         optimizer.step()
-        return loss
+        return float(loss.detach())
 
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        loss = step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    if not np.isfinite(float(loss)):
-        raise RuntimeError(f"{config_path}: the peer's step gave a non-finite loss")
-    step_s = float(np.median(times))
-    flops = train_flops(config)
+    times = time_steps(step, steps, warmup, f"{config_path} (PyTorch)")
     return {
-        "framework": "pytorch (open_clip)",
-        "config": os.path.basename(config_path),
-        "overrides": overrides,
+        **speed_row("pytorch (open_clip)", config_path, config, overrides, times),
         "threads": torch.get_num_threads(),
         "parameters": peer_params,
         "max_embedding_diff": max_diff,
-        "batch_size": config.batch_size,
-        "step_s": step_s,
-        "step_s_all": times,
-        "examples_per_s": config.batch_size / step_s,
-        "flops_analytic": flops,
-        "flops_per_s": flops / step_s,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__},
     }

@@ -197,6 +197,7 @@ def plot_scaling(r: dict, path: str) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("step ms" if i == 0 else "")
         ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     fig.suptitle("clip_tiny train step on this CPU (one axis varied, the rest as configured)")
     fig.tight_layout()

@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.workload import load_config, random_batch, train_flops  # noqa: E402
+from bench.workload import load_config, random_batch, speed_row, time_steps  # noqa: E402
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -40,7 +40,6 @@ def parse_overrides(items: list[str]) -> dict:
 def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> dict:
     """Times the config's train step; returns one row of measurements (see `main`)."""
     import jax
-    import numpy as np
 
     from mmjax.training import sharding as shd
     from mmjax.training.setup import setup_training
@@ -59,33 +58,21 @@ def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> 
     memory = compiled.memory_analysis()
 
     state = init_fn()
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
+
+    def one_step() -> float:
+        nonlocal state
         state, metrics = train_step(state, batch)
-        jax.block_until_ready((state, metrics))
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    if not np.isfinite(float(metrics["loss"])):
-        raise RuntimeError(f"{config_path}: the benchmarked step gave a non-finite loss")
-    step_s = float(np.median(times))
-    flops = train_flops(config)
+        return float(metrics["loss"])  # waits for the step (and its donated outputs)
+
+    times = time_steps(one_step, steps, warmup, config_path)
     return {
-        "framework": "mmjax",
-        "config": os.path.basename(config_path),
-        "overrides": overrides,
+        **speed_row("mmjax", config_path, config, overrides, times),
         "devices": jax.device_count(),
         "parameters": count_params(abstract_state.params),
-        "batch_size": config.batch_size,
         "image_size": config.data.image_size,
         "text_len": config.data.text_len,
         "compile_s": compile_s,
-        "step_s": step_s,
-        "step_s_all": times,
-        "examples_per_s": config.batch_size / step_s,
-        "flops_analytic": flops,
         "flops_xla": float(cost.get("flops", float("nan"))),
-        "flops_per_s": flops / step_s,
         # What the compiled program holds at its peak (arguments + outputs + temporaries, XLA's
         # plan), and the process's peak resident memory (everything, Python included).
         "peak_bytes_xla": int(memory.argument_size_in_bytes + memory.output_size_in_bytes

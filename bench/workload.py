@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -108,3 +109,34 @@ def train_flops(config, batch_size: int | None = None) -> float:
     loss = 2 * batch_size * batch_size * config.model.embed_dim
     forward = batch_size * forward_flops_per_example(config) + loss
     return 3.0 * forward - batch_size * patch_embedding_flops(config)
+
+
+def time_steps(step: Callable[[], float], steps: int, warmup: int, what: str) -> list[float]:
+    """Seconds of each of `steps` calls of `step` after `warmup` untimed ones. `step` runs one
+    train step to completion and returns its loss, which must end finite."""
+    times, loss = [], float("nan")
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        loss = step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    if not np.isfinite(loss):
+        raise RuntimeError(f"{what}: the benchmarked step gave a non-finite loss")
+    return times
+
+
+def speed_row(framework: str, config_path: str, config, overrides: dict, times: list[float]) -> dict:
+    """The fields every step benchmark reports: median step time, examples/s, FLOP rate."""
+    step_s = float(np.median(times))
+    flops = train_flops(config)
+    return {
+        "framework": framework,
+        "config": os.path.basename(config_path),
+        "overrides": overrides,
+        "batch_size": config.batch_size,
+        "step_s": step_s,
+        "step_s_all": times,
+        "examples_per_s": config.batch_size / step_s,
+        "flops_analytic": flops,
+        "flops_per_s": flops / step_s,
+    }

@@ -10,37 +10,21 @@ no faster and memory is plentiful; the layers are unrolled (`unroll=True`, param
 stacked), 20-25% faster steps on a CPU for 2x the compile time (BENCHMARKS.md). As with clip_b16, the data section points at `shapes` at 224 px.
 """
 
-import functools
-
-import jax
+import jax.numpy as jnp
 import ml_collections
 
-from configs import clip_tiny
+from configs import clip_b16
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = clip_tiny.get_config()
-    gelu = functools.partial(jax.nn.gelu, approximate=False)
-    config.data.image_size = 224
-    config.data.text_len = 77
-    config.data.vocab_size = 49_408
+    """clip_b16 with ViT-S widths, float32, no remat, unrolled layers, a CPU-sized batch."""
+    config = clip_b16.get_config()
+    config.data.num_threads = 2
     config.data.cache_decoded = False  # 224 px scenes: 3 GB decoded
     config.model.embed_dim = 384
-    config.model.image = ml_collections.ConfigDict(dict(
-        patch_size=16, width=384, depth=12, num_heads=6, mlp_dim=1536,
-        pool="token", position_embedding="learned", ln_pre=True, patch_bias=False, activation=gelu,
-        unroll=True,
-    ))
-    config.model.text = ml_collections.ConfigDict(dict(
-        vocab_size=49_408, max_len=77, width=384, depth=12, num_heads=6, mlp_dim=1536, activation=gelu,
-        unroll=True,
-    ))
+    cpu = dict(remat=False, dtype=jnp.float32, unroll=True)
+    config.model.image.update(dict(width=384, num_heads=6, mlp_dim=1536, **cpu))
+    config.model.text.update(dict(width=384, num_heads=6, mlp_dim=1536, **cpu))
     config.batch_size = 32
-    config.num_steps = 100_000
-    config.optimizer.learning_rate = 5e-4
-    config.optimizer.warmup_steps = 2_000
-    config.optimizer.weight_decay = 0.2
-    config.log_every = 100
-    config.checkpoint_every = 2_000
     config.eval.batch_size = 128
     return config
