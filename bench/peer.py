@@ -16,15 +16,13 @@ The step is open_clip's own training step: forward, `open_clip.ClipLoss`, backwa
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.step import parse_overrides  # noqa: E402
+from bench.step import step_cli  # noqa: E402
 from bench.workload import load_config, random_batch, speed_row, time_steps  # noqa: E402
 
 
@@ -138,23 +136,12 @@ def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    row = measure(args.config, args.steps, args.warmup, **parse_overrides(args.set))
-    if args.json:
-        print(json.dumps(row))
-        return
-    print(f"peer {row['config']} batch {row['batch_size']}, {row['threads']} threads: "
-          f"{row['parameters']:,} params (embeddings equal within {row['max_embedding_diff']:.1e}), "
-          f"step {row['step_s'] * 1e3:.0f} ms, {row['examples_per_s']:.1f} ex/s, "
-          f"{row['flops_per_s'] / 1e9:.1f} GFLOP/s")
+def describe(row: dict, args) -> str:
+    return (f"peer {row['config']} batch {row['batch_size']}, {row['threads']} threads: "
+            f"{row['parameters']:,} params (embeddings equal within {row['max_embedding_diff']:.1e}), "
+            f"step {row['step_s'] * 1e3:.0f} ms, {row['examples_per_s']:.1f} ex/s, "
+            f"{row['flops_per_s'] / 1e9:.1f} GFLOP/s")
 
 
 if __name__ == "__main__":
-    main()
+    step_cli(measure, __doc__.splitlines()[0], describe)

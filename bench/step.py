@@ -81,25 +81,28 @@ def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_cli(measure_fn, description: str, describe) -> None:
+    """The command line of the step benchmarks (this one and peer.py): --config, --steps,
+    --warmup, --set KEY=VALUE, --json; prints `describe(row, args)` or the row as JSON."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. batch_size=16 or data.image_size=112")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args()
-    row = measure(args.config, args.steps, args.warmup, **parse_overrides(args.set))
-    if args.json:
-        print(json.dumps(row))
-        return
-    print(f"{row['config']} batch {row['batch_size']} on {row['devices']} device(s): "
-          f"{row['parameters'] / 1e6:.1f} M params, compile {row['compile_s']:.1f} s, "
-          f"step {row['step_s'] * 1e3:.0f} ms (median of {args.steps}), "
-          f"{row['examples_per_s']:.1f} ex/s, {row['flops_per_s'] / 1e9:.1f} GFLOP/s "
-          f"(analytic {row['flops_analytic'] / 1e9:.1f} GFLOP/step, XLA {row['flops_xla'] / 1e9:.1f})")
+    row = measure_fn(args.config, args.steps, args.warmup, **parse_overrides(args.set))
+    print(json.dumps(row) if args.json else describe(row, args))
+
+
+def describe(row: dict, args: argparse.Namespace) -> str:
+    return (f"{row['config']} batch {row['batch_size']} on {row['devices']} device(s): "
+            f"{row['parameters'] / 1e6:.1f} M params, compile {row['compile_s']:.1f} s, "
+            f"step {row['step_s'] * 1e3:.0f} ms (median of {args.steps}), "
+            f"{row['examples_per_s']:.1f} ex/s, {row['flops_per_s'] / 1e9:.1f} GFLOP/s "
+            f"(analytic {row['flops_analytic'] / 1e9:.1f} GFLOP/step, XLA {row['flops_xla'] / 1e9:.1f})")
 
 
 if __name__ == "__main__":
-    main()
+    step_cli(measure, __doc__.splitlines()[0], describe)
