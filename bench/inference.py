@@ -16,24 +16,18 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.ceiling import median_seconds  # noqa: E402
 from bench.workload import load_config, random_batch  # noqa: E402
 
 
 def _median_rate(fn, items: int, repeats: int) -> float:
+    """items / median seconds of `fn()` run to completion (after one untimed call)."""
     import jax
-    import numpy as np
 
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return items / float(np.median(times))
+    return items / median_seconds(lambda: jax.block_until_ready(fn()), repeats)
 
 
 def measure(config_path: str, batch: int, beams: tuple[int, ...] = (), repeats: int = 5) -> dict:
