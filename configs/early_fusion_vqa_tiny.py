@@ -44,11 +44,14 @@ def get_config() -> ml_collections.ConfigDict:
         vocab_size=256, max_text_len=16, patch_size=16, width=128, depth=4, num_heads=4,
         mlp_dim=512, num_answers=NUM_ANSWERS, position_embedding="sincos2d",
         position_temperature=POSITION_TEMPERATURE, activation=jax.nn.relu,
+        # The layers compile as straight code, as clip_tiny's towers (about 15% faster steps).
+        unroll=True,
     ))
     # Smaller batches, more steps: at this size the number of updates, not the batch, limits.
     config.batch_size = 128
-    config.num_steps = 1000
+    # About 0.19 s per step on 2 cores: 2800 steps stay within a 10-minute budget.
+    config.num_steps = 2800
     config.optimizer.weight_decay = 0.05
-    config.checkpoint_every = 500
+    config.checkpoint_every = 1400
     del config.eval.prompt_templates
     return config

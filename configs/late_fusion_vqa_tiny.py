@@ -23,9 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
         num_answers=early_fusion_vqa_tiny.NUM_ANSWERS,
         image=vit,
         text=dict(vocab_size=256, max_len=config.data.question_len, width=128, depth=2, num_heads=4,
-                  mlp_dim=512, causal=False, pool="mean", activation=vit.activation),
+                  mlp_dim=512, causal=False, pool="mean", activation=vit.activation,
+                  unroll=True),
     ))
     # Cheaper per step than early fusion (no attention over image and question together).
-    config.num_steps = 1200
-    config.checkpoint_every = 600
+    # About 0.14 s per step on 2 cores: 3600 steps stay within a 10-minute budget.
+    config.num_steps = 3600
+    config.checkpoint_every = 1800
     return config

@@ -117,6 +117,7 @@ class CaptionDecoder(nn.Module):
       vocab_size, max_len: token table and position table sizes.
       width, depth, num_heads, mlp_dim: transformer size (width of the text stream).
       scan: stack the blocks with `nn.scan` (parameters and cache get a leading [depth] axis).
+      unroll: with `scan`, blocks per iteration of the compiled loop; True: all (see Encoder).
     """
 
     vocab_size: int
@@ -129,6 +130,7 @@ class CaptionDecoder(nn.Module):
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-5
     scan: bool = True
+    unroll: int | bool = 1
     remat: bool | Callable = False  # see mmjax.nn.transformer.Encoder
     dtype: jnp.dtype = jnp.float32
 
@@ -167,6 +169,7 @@ class CaptionDecoder(nn.Module):
             dropout_rate=self.dropout_rate,
             layer_norm_epsilon=self.layer_norm_epsilon,
             scan=self.scan,
+            unroll=self.unroll,
             remat=self.remat,
             dtype=self.dtype,
             name="stack",

@@ -355,6 +355,7 @@ class EarlyFusion(nn.Module):
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-5
     scan: bool = True
+    unroll: int | bool = 1  # see mmjax.nn.transformer.Encoder
     remat: bool | Callable = False  # see mmjax.nn.transformer.Encoder
     dtype: jnp.dtype = jnp.float32
 
@@ -386,6 +387,7 @@ class EarlyFusion(nn.Module):
             dropout_rate=self.dropout_rate,
             layer_norm_epsilon=self.layer_norm_epsilon,
             scan=self.scan,
+            unroll=self.unroll,
             remat=self.remat,
             dtype=self.dtype,
             name="encoder",

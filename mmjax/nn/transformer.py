@@ -385,6 +385,7 @@ class CrossAttentionStack(nn.Module):
       depth: number of blocks.
       num_heads, mlp_dim, causal, activation, dropout_rate: per block.
       scan: stack the blocks with `nn.scan`; off, they are named `block_0`, `block_1`, ...
+      unroll: with `scan`, blocks per iteration of the compiled loop; True: all (see Encoder).
       remat: False: keep every activation for the backward pass. True: keep only each block's
         input and recompute the rest (memory no longer grows with depth, about a third more
         compute). Or a `jax.checkpoint_policies` policy choosing what to keep, e.g.
@@ -401,6 +402,7 @@ class CrossAttentionStack(nn.Module):
     layer_norm_epsilon: float = 1e-5
     use_fused_attention: bool = False
     scan: bool = True
+    unroll: int | bool = 1
     remat: bool | Callable = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -431,6 +433,7 @@ class CrossAttentionStack(nn.Module):
             (x, context, self_mask, context_mask, deterministic, decode),
             # argnums count `self`: 5 and 6 are `deterministic` and `decode`, Python bools.
             depth=self.depth, scan=self.scan, remat=self.remat, static_argnums=(5, 6),
+            unroll=self.unroll,
         )
         return nn.LayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final"

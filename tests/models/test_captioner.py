@@ -28,14 +28,15 @@ VOCAB, TEXT_LEN, MAX_LEN, BATCH = 24, 8, 8, 3
 
 
 @functools.cache
-def make_model(scan: bool = True) -> CoCa:
+def make_model(scan: bool = True, unroll: int | bool = 1) -> CoCa:
     return CoCa(
         image_encoder=ViT(patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, pool="mean"),
         text_encoder=TextTransformer(
             vocab_size=VOCAB, max_len=TEXT_LEN, width=32, depth=1, num_heads=2, mlp_dim=64
         ),
         decoder=CaptionDecoder(
-            vocab_size=VOCAB, max_len=MAX_LEN, width=32, depth=2, num_heads=2, mlp_dim=64, scan=scan
+            vocab_size=VOCAB, max_len=MAX_LEN, width=32, depth=2, num_heads=2, mlp_dim=64, scan=scan,
+            unroll=unroll,
         ),
         embed_dim=16,
     )
@@ -197,6 +198,21 @@ def test_cached_greedy_decoding_equals_recomputing_the_prefix_every_step():
         step_logits, cache = cached_step(cache, jnp.asarray(fed[:, None]))
         np.testing.assert_allclose(step_logits, reference_logits[i], rtol=1e-5, atol=1e-5, err_msg=f"step {i}")
     assert int(cache["decoder"]["position"]) == MAX_LEN
+
+
+def test_unrolled_decoder_trains_and_decodes_like_the_loop():
+    """`unroll=True` compiles the decoder's blocks as straight-line code on the same stacked
+    parameters (and stacked cache): the same teacher-forced logits and the same greedy captions."""
+    images, token_ids = random_inputs(5)
+    params = init_params(5)
+    unrolled = make_model(unroll=True)
+    decoder_input_ids = shift_right(token_ids, START_ID)
+    logits = jax.jit(unrolled.apply)({"params": params}, images, token_ids, decoder_input_ids)["logits"]
+    np.testing.assert_allclose(logits, teacher_forced_logits(params, images, decoder_input_ids),
+                               rtol=1e-5, atol=1e-5)
+    search = functools.partial(generate, max_len=MAX_LEN, start_id=START_ID, eos_id=-1)
+    tokens = jax.jit(search, static_argnums=0)(unrolled, params, images)
+    np.testing.assert_array_equal(tokens, run_generate(params, images, eos_id=-1))
 
 
 @pytest.mark.parametrize("length_penalty", [0.0, 0.6])
