@@ -77,8 +77,13 @@ def comparison_rows(runs: list[str]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> None:
-    if not argv:
+    if not argv or argv[0] in ("-h", "--help"):
         raise SystemExit(__doc__)
+    # A typo in a folder name would otherwise print a row of "-" that looks like a failed run.
+    missing = [run for run in argv if not os.path.exists(os.path.join(run, "config.json"))]
+    if missing:
+        raise SystemExit(f"not run folders (no config.json): {', '.join(missing)}; pass the "
+                         "--workdir folders of train.py runs, e.g. runs/coca_tiny")
     print(format_table(comparison_rows(argv),
                        title="VQA accuracy on shapes (test; compositional_test; test per question type)"))
 

@@ -3,7 +3,9 @@
 import json
 
 import numpy as np
+import pytest
 
+from mmjax.evaluation import compare_runs
 from mmjax.evaluation.compare_runs import comparison_rows, training_minutes
 from mmjax.data.shapes import QUESTION_TYPES
 
@@ -33,3 +35,10 @@ def test_rows_hold_both_splits_per_type_accuracy_and_training_time(tmp_path):
     # 5 steps of 10 examples at 25/s, then 5 at 50/s: 2 s + 1 s.
     assert training_minutes(str(tmp_path / "early")) == 3.0 / 60
     assert early["train min"] == "0.1" and coca["train min"] == "-"
+
+
+def test_a_folder_that_is_not_a_run_is_named_in_the_error(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="typo"):
+        compare_runs.main([str(tmp_path / "run"), str(tmp_path / "typo")])
