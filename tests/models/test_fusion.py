@@ -196,6 +196,19 @@ def test_early_fusion_answers_depend_on_the_text_and_on_the_image(early):
     assert_differs(out, model.apply(variables, other_images, ids)["vqa_logits"])
 
 
+def test_early_fusion_unroll_compiles_the_layers_without_a_loop_and_keeps_the_outputs():
+    """`unroll` reaches the single-stream encoder: same stacked parameters, same logits, no loop."""
+    images, ids = random_batch(24)
+    looped = build_early_fusion(dict(early_config(), scan=True))
+    unrolled = build_early_fusion(dict(early_config(), scan=True, unroll=True))
+    variables = jax.jit(looped.init)(init_key(2), images, ids)
+    out, out_unrolled = (jax.jit(m.apply)(variables, images, ids) for m in (looped, unrolled))
+    for name in ("itm_logits", "vqa_logits"):
+        np.testing.assert_allclose(out_unrolled[name], out[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    assert "while" in jax.jit(looped.apply).lower(variables, images, ids).as_text()
+    assert "while" not in jax.jit(unrolled.apply).lower(variables, images, ids).as_text()
+
+
 # ------------------------------------------------------------------------------------------------
 # Late fusion.
 # ------------------------------------------------------------------------------------------------

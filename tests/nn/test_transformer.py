@@ -67,14 +67,20 @@ def test_unrolled_scan_keeps_parameters_outputs_and_gradients(unroll):
     p_unrolled = nn.unbox(jax.jit(unrolled.init)(jax.random.key(0), x, mask))
     jax.tree.map(np.testing.assert_array_equal, p, p_unrolled)
 
-    def loss(model):
-        return jax.jit(jax.value_and_grad(lambda p: jnp.mean(model.apply(p, x, mask) ** 2)))
+    assert_unrolled_matches_loop(looped, unrolled, p, (x, mask), loop_left=unroll is not True)
 
-    (value, grads), (value_u, grads_u) = loss(looped)(p), loss(unrolled)(p)
+
+def assert_unrolled_matches_loop(looped, unrolled, variables, args, loop_left=False):
+    """Same loss and gradients from both modules on the same variables; a while loop in the
+    unrolled program iff `loop_left`."""
+
+    def loss(model):
+        return jax.jit(jax.value_and_grad(lambda v: jnp.mean(model.apply(v, *args) ** 2)))
+
+    (value, grads), (value_u, grads_u) = loss(looped)(variables), loss(unrolled)(variables)
     np.testing.assert_allclose(value_u, value, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_u, grads)
-    hlo = jax.jit(unrolled.apply).lower(p, x, mask).as_text()
-    assert ("while" in hlo) == (unroll is not True)
+    assert ("while" in jax.jit(unrolled.apply).lower(variables, *args).as_text()) == loop_left
 
 
 def test_causal_stack_ignores_future_tokens():
@@ -158,14 +164,30 @@ class TestCrossAttentionBlock:
             )
 
 
-def test_scanned_cross_attention_stack_equals_unrolled_blocks():
-    """Scan (here with remat) stacks block parameters on a leading axis; slice i is block i."""
-    rng = np.random.default_rng(7)
+def cross_attention_inputs(seed):
+    """Text [2, 5, 16] and image tokens [2, 7, 12], the second row of each padded, and the masks."""
+    rng = np.random.default_rng(seed)
     text = rng.standard_normal((2, 5, 16)).astype(np.float32)
     image_tokens = rng.standard_normal((2, 7, 12)).astype(np.float32)
     text_mask = make_padding_mask(np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool))
     context_mask = np.array([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], bool)[:, None, None, :]
-    args = (text, image_tokens, text_mask, context_mask)
+    return text, image_tokens, text_mask, context_mask
+
+
+def test_unrolled_cross_attention_stack_keeps_outputs_and_gradients_with_masks():
+    """ALBEF's fusion stack (bidirectional, padded text and image tokens) with `unroll=True`: the
+    same stacked parameters give the loop's outputs and gradients, and no while loop is left."""
+    args = cross_attention_inputs(8)
+    looped = CrossAttentionStack(depth=3, num_heads=2, mlp_dim=32)
+    unrolled = CrossAttentionStack(depth=3, num_heads=2, mlp_dim=32, unroll=True)
+    p = nn.unbox(jax.jit(looped.init)(jax.random.key(4), *args))
+    assert "while" in jax.jit(looped.apply).lower(p, *args).as_text()
+    assert_unrolled_matches_loop(looped, unrolled, p, args)
+
+
+def test_scanned_cross_attention_stack_equals_unrolled_blocks():
+    """Scan (here with remat) stacks block parameters on a leading axis; slice i is block i."""
+    args = cross_attention_inputs(7)
 
     scanned = CrossAttentionStack(depth=3, num_heads=2, mlp_dim=32, causal=True, scan=True, remat=True)
     p = nn.unbox(jax.jit(scanned.init)(jax.random.key(3), *args))["params"]
