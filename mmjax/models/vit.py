@@ -39,6 +39,10 @@ class ViT(nn.Module):
       position_temperature: the sin-cos embedding's longest wavelength (`sincos_2d_position_embedding`).
         10 000 suits grids of 14+ patches; on a 3x3 grid it makes neighbouring positions nearly
         identical (cosine 0.98) and position is learned late; 10 makes them distinct.
+      relative_position_bias: each self-attention layer adds a learned bias per head and 2-D
+        offset between patches, logits[h, i, j] += B[h, offset(i -> j)] (Swin, BEiT; zero at
+        init). A head can then read "the patch to my left" of every patch at once, whatever the
+        picture: relations between neighbouring cells become one lookup of the image tokens.
       ln_pre: a LayerNorm before the encoder (OpenAI CLIP has one).
       patch_bias: a bias in the patch projection (OpenAI CLIP has none).
     """
@@ -51,6 +55,7 @@ class ViT(nn.Module):
     pool: str = "token"
     position_embedding: str = "learned"
     position_temperature: float = 10_000.0
+    relative_position_bias: bool = False
     ln_pre: bool = False
     patch_bias: bool = True
     activation: Callable[[Array], Array] = gelu
@@ -98,6 +103,10 @@ class ViT(nn.Module):
             activation=self.activation,
             dropout_rate=self.dropout_rate,
             layer_norm_epsilon=self.layer_norm_epsilon,
+            relative_position_grid=(
+                (images.shape[1] // self.patch_size, images.shape[2] // self.patch_size)
+                if self.relative_position_bias else None
+            ),
             scan=self.scan,
             unroll=self.unroll,
             remat=self.remat,

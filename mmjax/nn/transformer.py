@@ -35,6 +35,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax.nn.attention import MultiHeadAttention, combine_masks, make_causal_mask
 
@@ -83,11 +84,41 @@ class MlpBlock(nn.Module):
         )(h)
 
 
+def relative_position_count(grid: tuple[int, int]) -> int:
+    """Number of distinct 2-D offsets between two cells of a grid_h x grid_w grid."""
+    return (2 * grid[0] - 1) * (2 * grid[1] - 1)
+
+
+def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
+    """int [N, N] (N = grid_h·grid_w, row-major cells): index of the offset (dy, dx) from cell i to j."""
+    y, x = np.divmod(np.arange(grid[0] * grid[1]), grid[1])
+    dy = y[None, :] - y[:, None] + grid[0] - 1
+    dx = x[None, :] - x[:, None] + grid[1] - 1
+    return dy * (2 * grid[1] - 1) + dx
+
+
+def relative_position_bias(table: Array, grid: tuple[int, int], seq: int) -> Array:
+    """Attention bias [1, heads, seq, seq] from a per-head table [heads, (2h-1)(2w-1)] of offsets.
+
+    bias[h, i, j] = table[h, offset(i -> j)] (Swin, BEiT): a head can look at "the cell to my
+    left" whatever the picture. Tokens before the last h·w (a class token) get no bias.
+    """
+    cells = grid[0] * grid[1]
+    if seq < cells:
+        raise ValueError(f"relative_position_grid {grid} has {cells} cells; the sequence has only {seq} tokens")
+    bias = table[:, relative_position_index(grid)]
+    extra = seq - cells
+    bias = jnp.pad(bias, ((0, 0), (extra, 0), (extra, 0)))
+    return bias[None]
+
+
 class EncoderBlock(nn.Module):
     """One pre-LN block: x + Attn(LN(x)), then + MLP(LN(x)). [batch, seq, width] in and out.
 
     `mask` (bool, broadcastable to [batch, heads, seq, seq]) restricts self-attention: causal for
-    text, padding for ragged batches, both combined for a padded causal text tower.
+    text, padding for ragged batches, both combined for a padded causal text tower. With
+    `relative_position_grid`, the block owns a table [heads, (2h-1)(2w-1)] (zero at init) added
+    to the attention logits by offset (`relative_position_bias`).
     """
 
     num_heads: int
@@ -96,11 +127,17 @@ class EncoderBlock(nn.Module):
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-5
     use_fused_attention: bool = False
+    relative_position_grid: tuple[int, int] | None = None
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> Array:
+        bias = None
+        if self.relative_position_grid is not None:
+            table = self.param("relative_position_bias", nn.initializers.zeros_init(),
+                               (self.num_heads, relative_position_count(self.relative_position_grid)))
+            bias = relative_position_bias(table, self.relative_position_grid, x.shape[1])
         # The residual stream: examples split over the data-parallel axes, width whole.
         x = nn.with_logical_constraint(x, RESIDUAL_AXES)
         norm = functools.partial(
@@ -114,7 +151,7 @@ class EncoderBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="attn",
-        )(h, mask=mask, deterministic=deterministic)
+        )(h, mask=mask, bias=bias, deterministic=deterministic)
         x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         h = norm(name="ln_mlp")(x)
         h = MlpBlock(
@@ -192,6 +229,9 @@ class Encoder(nn.Module):
         activations for the backward pass into zero-filled [depth, ...] stacks, slice by slice;
         unrolled, XLA sees every layer's buffers directly: on a CPU 12-25% faster steps
         (BENCHMARKS.md) for a compile time that grows with depth (ViT-B/16: 10 s -> 20 s).
+      relative_position_grid: (grid_h, grid_w) of the last grid_h·grid_w tokens (image patches,
+        row-major): each block's self-attention adds a learned bias per head and 2-D offset,
+        `relative_position_bias` (Swin, BEiT). None: no bias.
       remat: False: keep every activation for the backward pass. True: keep only each block's
         input and recompute the rest (memory no longer grows with depth, about a third more
         compute). Or a `jax.checkpoint_policies` policy choosing what to keep, e.g.
@@ -206,6 +246,7 @@ class Encoder(nn.Module):
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-5
     use_fused_attention: bool = False
+    relative_position_grid: tuple[int, int] | None = None
     scan: bool = True
     unroll: int | bool = 1
     remat: bool | Callable = False
@@ -221,6 +262,7 @@ class Encoder(nn.Module):
             dropout_rate=self.dropout_rate,
             layer_norm_epsilon=self.layer_norm_epsilon,
             use_fused_attention=self.use_fused_attention,
+            relative_position_grid=self.relative_position_grid,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )

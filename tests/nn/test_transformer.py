@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.nn.attention import make_causal_mask, make_padding_mask
+from mmjax.nn.attention import make_causal_mask, make_padding_mask, scaled_dot_product_attention
 from mmjax.nn.transformer import (
     CrossAttentionBlock,
     CrossAttentionStack,
@@ -18,6 +18,9 @@ from mmjax.nn.transformer import (
     EncoderBlock,
     MlpBlock,
     quick_gelu,
+    relative_position_bias,
+    relative_position_count,
+    relative_position_index,
 )
 
 
@@ -199,3 +202,62 @@ def test_scanned_cross_attention_stack_equals_unrolled_blocks():
     p_unrolled["ln_final"] = p["ln_final"]
     expected = jax.jit(unrolled.apply)({"params": p_unrolled}, *args)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_relative_position_index_counts_offsets_between_cells():
+    """index[i, j] names the offset (dy, dx) from cell i to cell j: equal offsets, equal index."""
+    grid = (2, 3)
+    index = relative_position_index(grid)
+    cells = [(y, x) for y in range(grid[0]) for x in range(grid[1])]
+    offsets = {}
+    for i, (yi, xi) in enumerate(cells):
+        for j, (yj, xj) in enumerate(cells):
+            offsets.setdefault((yj - yi, xj - xi), set()).add(int(index[i, j]))
+    assert all(len(ids) == 1 for ids in offsets.values())
+    assert len(offsets) == relative_position_count(grid) == 3 * 5
+    assert sorted(i for ids in offsets.values() for i in ids) == list(range(15))
+
+
+def test_relative_position_bias_lets_a_head_read_its_left_neighbour():
+    """Equal content logits (zero queries): a table that favours the offset (0, -1) makes every
+    cell read the value of the cell to its left, wherever it is; a class token in front gets no
+    bias (it attends evenly and is attended evenly)."""
+    grid, heads, dim = (3, 4), 2, 5
+    cells = grid[0] * grid[1]
+    left = (grid[0] - 1) * (2 * grid[1] - 1) + (grid[1] - 1) - 1  # dy = 0, dx = -1
+    table = np.zeros((heads, relative_position_count(grid)), np.float32)
+    table[:, left] = 30.0
+    rng = np.random.default_rng(9)
+    value = rng.standard_normal((1, cells + 1, heads, dim)).astype(np.float32)
+    query = np.zeros((1, cells + 1, heads, dim), np.float32)
+    bias = relative_position_bias(jnp.asarray(table), grid, cells + 1)
+    assert bias.shape == (1, heads, cells + 1, cells + 1)
+    np.testing.assert_array_equal(bias[:, :, 0], 0.0)
+    np.testing.assert_array_equal(bias[:, :, :, 0], 0.0)
+    out = np.asarray(scaled_dot_product_attention(query, query, value, bias=bias))
+    for cell in range(cells):
+        if cell % grid[1]:  # not in the first column: it has a left neighbour
+            np.testing.assert_allclose(out[0, 1 + cell], value[0, cell], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[0, 0], value[0].mean(axis=0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="relative_position_grid"):
+        relative_position_bias(jnp.asarray(table), grid, cells - 1)
+
+
+def test_encoder_relative_position_bias_starts_at_zero_and_is_trained():
+    """One table [heads, (2h-1)(2w-1)] per layer, stacked by the scan; zero at init, so the
+    encoder starts as the one without it, and the loss reaches the table."""
+    x = np.random.default_rng(10).standard_normal((2, 6, 16)).astype(np.float32)
+    plain = Encoder(depth=2, num_heads=4, mlp_dim=32)
+    relative = Encoder(depth=2, num_heads=4, mlp_dim=32, relative_position_grid=(2, 3))
+    p = nn.unbox(jax.jit(relative.init)(jax.random.key(0), x))
+    table = p["params"]["blocks"]["relative_position_bias"]
+    assert table.shape == (2, 4, 15)
+    np.testing.assert_array_equal(table, 0.0)
+    p_plain = nn.unbox(jax.jit(plain.init)(jax.random.key(0), x))
+    without_table = jax.tree.map(lambda a: a, p)
+    del without_table["params"]["blocks"]["relative_position_bias"]
+    jax.tree.map(np.testing.assert_array_equal, without_table, p_plain)
+    np.testing.assert_allclose(jax.jit(relative.apply)(p, x), jax.jit(plain.apply)(p_plain, x), rtol=1e-6, atol=1e-6)
+
+    grads = jax.grad(lambda v: jnp.mean(relative.apply(v, x)[:, :, 0] ** 3))(p)
+    assert np.all(np.abs(grads["params"]["blocks"]["relative_position_bias"]).sum(axis=-1) > 0)
