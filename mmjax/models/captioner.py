@@ -118,6 +118,12 @@ class CaptionDecoder(nn.Module):
       width, depth, num_heads, mlp_dim: transformer size (width of the text stream).
       scan: stack the blocks with `nn.scan` (parameters and cache get a leading [depth] axis).
       unroll: with `scan`, blocks per iteration of the compiled loop; True: all (see Encoder).
+      context_position_embedding: add a learned vector per image token to the context the
+        cross-attention reads, `image_tokens + E_ctx` (E_ctx [N, w_img], initialised N(0, 0.02²)),
+        as DETR adds positions to its decoder's keys. Cross-attention by itself reads the image
+        tokens as a set; the ViT's positions are added at its input and come out mixed, so
+        questions that name a place ("is there an object at the top left?") are answered better
+        when the keys say plainly where each token is.
     """
 
     vocab_size: int
@@ -132,6 +138,7 @@ class CaptionDecoder(nn.Module):
     scan: bool = True
     unroll: int | bool = 1
     remat: bool | Callable = False  # see mmjax.nn.transformer.Encoder
+    context_position_embedding: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -158,6 +165,16 @@ class CaptionDecoder(nn.Module):
         first_position = self._advance_position(seq) if decode else 0
         positions = jax.lax.dynamic_slice_in_dim(position_table, first_position, seq, axis=0)
         x = x + positions.astype(x.dtype)
+
+        # The context the cross-attention reads: image tokens [batch, N, w_img], each with its place
+        # if configured. Decoding adds the same at every step (the context is not cached).
+        if self.context_position_embedding:
+            context_table = self.param(
+                "context_pos_embed",
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+                image_tokens.shape[1:],
+            )
+            image_tokens = image_tokens + context_table.astype(image_tokens.dtype)
 
         # Causal self-attention, cross-attention to the image tokens, MLP; ends with a LayerNorm.
         x = CrossAttentionStack(

@@ -377,3 +377,66 @@ def test_build_coca_names_unknown_fields():
     assert model.decoder.vocab_size == VOCAB and model.text_encoder.causal
     with pytest.raises(ValueError, match=r"config.model.decoder has unknown field\(s\) \['widht'\]"):
         build_coca(dict(config, decoder=dict(config["decoder"], widht=3)))
+
+
+
+def _context_decoder(positions: bool) -> CaptionDecoder:
+    return CaptionDecoder(vocab_size=VOCAB, max_len=MAX_LEN, width=32, depth=2, num_heads=2, mlp_dim=64,
+                          context_position_embedding=positions)
+
+
+def _decoder_inputs(seed: int):
+    """Decoder inputs [BATCH, MAX_LEN] (no padding) and image tokens [BATCH, 9, 32]."""
+    rng = np.random.default_rng(seed)
+    ids = shift_right(jnp.asarray(rng.integers(3, VOCAB, (BATCH, MAX_LEN)), jnp.int32), START_ID)
+    return ids, rng.standard_normal((BATCH, 9, 32)).astype(np.float32)
+
+
+def test_context_positions_tell_the_decoder_which_image_token_is_where():
+    """Cross-attention alone reads the image tokens as a set: shuffling them changes nothing. With
+    a position per context token (`context_position_embedding`) the shuffle changes the logits,
+    unless the positions are shuffled with the tokens."""
+    ids, image_tokens = _decoder_inputs(11)
+    shuffle = np.random.default_rng(12).permutation(9)
+    key = jax.random.key(3, impl="rbg")
+
+    plain = _context_decoder(False)
+    p = nn.unbox(jax.jit(plain.init)(key, ids, image_tokens))
+    apply = jax.jit(plain.apply)
+    np.testing.assert_allclose(apply(p, ids, image_tokens[:, shuffle]), apply(p, ids, image_tokens),
+                               rtol=1e-5, atol=1e-5)
+
+    placed = _context_decoder(True)
+    p = nn.unbox(jax.jit(placed.init)(key, ids, image_tokens))
+    table = p["params"]["context_pos_embed"]
+    assert table.shape == (9, 32)
+    # Stronger positions than the initial 0.02, so the difference is far above rounding.
+    p["params"]["context_pos_embed"] = table * 50
+    apply = jax.jit(placed.apply)
+    logits = apply(p, ids, image_tokens)
+    assert np.abs(apply(p, ids, image_tokens[:, shuffle]) - logits).max() > 1e-3
+    moved = jax.tree.map(lambda a: a, p)
+    moved["params"]["context_pos_embed"] = p["params"]["context_pos_embed"][shuffle]
+    np.testing.assert_allclose(apply(moved, ids, image_tokens[:, shuffle]), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_decoding_reads_the_same_placed_context_as_teacher_forcing():
+    """With context positions, the cached decode step adds them to the context at every step:
+    step i's logits are the teacher-forced logits at position i (1e-5)."""
+    ids, image_tokens = _decoder_inputs(13)
+    decoder = _context_decoder(True)
+    key = jax.random.key(4, impl="rbg")
+    params = nn.unbox(jax.jit(decoder.init)(key, ids, image_tokens))["params"]
+    params = {**params, "context_pos_embed": params["context_pos_embed"] * 50}
+    teacher = np.asarray(jax.jit(decoder.apply)({"params": params}, ids, image_tokens))
+    cache = jax.tree.map(jnp.zeros_like, decoder.init(key, ids, image_tokens, decode=True)["cache"])
+
+    @jax.jit
+    def step(cache, token):
+        logits, variables = decoder.apply({"params": params, "cache": cache}, token, image_tokens,
+                                          decode=True, mutable=["cache"])
+        return logits[:, 0], variables["cache"]
+
+    for i in range(MAX_LEN):
+        logits, cache = step(cache, ids[:, i:i + 1])
+        np.testing.assert_allclose(logits, teacher[:, i], rtol=1e-5, atol=1e-5, err_msg=f"step {i}")
