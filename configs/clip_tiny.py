@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
         # > 0: skip (up to this many consecutive) steps whose gradients are NaN/Inf instead of
         # stopping at the first one.
         skip_nonfinite_steps=0,
+        # (regex, m) pairs: parameters whose names match learn at m times the rate (first match).
+        lr_mults=(),
     ))
     # > 1: compute each step in this many microbatches (same update, less activation memory).
     config.grad_accum_steps = 1

@@ -11,6 +11,13 @@ Biases, LayerNorm scales, embedding tables, the class token and the CLIP tempera
 decayed: shrinking a LayerNorm scale or the temperature is never what one means by regularisation
 (CLIP, big_vision and open_clip all exclude them).
 
+Learning-rate multipliers (`config.optimizer.lr_mults`, as big_vision's `lr_mults`): pairs
+(regex, m); the update of every parameter whose name (see `mmjax.training.freeze`) a regex
+matches, first match winning, is multiplied by m: that parameter learns at m · lr(step). Adam's
+step is about lr in each parameter's own units whatever its gradient's scale, so a parameter that
+must travel far in few steps (a table of attention-logit biases that starts at zero and must
+reach several units to make a head look one way) needs a larger rate than the weights around it.
+
 Skipping non-finite steps (`config.optimizer.skip_nonfinite_steps = N`, off by default): one bad
 batch can give NaN or Inf gradients, and one such update turns every parameter into NaN. With
 N > 0 the whole chain is wrapped in `optax.apply_if_finite`: on a step whose gradients hold a NaN
@@ -23,11 +30,15 @@ back to health), so the parameters in memory and in every checkpoint stay finite
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import optax
+
+from mmjax.training.freeze import param_names
 
 
 def make_schedule(
@@ -56,6 +67,44 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
+def learning_rate_multipliers(params: Any, lr_mults: Sequence[tuple[str, float]]) -> Any:
+    """A tree shaped like `params`: the multiplier of the first (regex, m) of `lr_mults` whose regex
+    matches the parameter's name (`re.search`), 1.0 where none does.
+
+    Raises a ValueError naming a pattern that matches no parameter (a typo would otherwise leave
+    every rate unchanged without a word).
+    """
+    names = param_names(params)
+    compiled = []
+    for item in lr_mults:
+        if len(item) != 2 or not isinstance(item[0], str) or not isinstance(item[1], (int, float)):
+            raise ValueError(f"config.optimizer.lr_mults entries must be (regex, multiplier); got {item!r}")
+        pattern, multiplier = item
+        regex = re.compile(pattern)
+        if not any(regex.search(name) for name in names):
+            raise ValueError(
+                f"config.optimizer.lr_mults pattern {pattern!r} matches no parameter; names are "
+                f"'/'-joined paths such as {names[:3]}"
+            )
+        compiled.append((regex, float(multiplier)))
+    multipliers = [next((m for regex, m in compiled if regex.search(name)), 1.0) for name in names]
+    return jax.tree.unflatten(jax.tree.structure(params), multipliers)
+
+
+def scale_by_learning_rate_multipliers(lr_mults: Sequence[tuple[str, float]]) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by its multiplier (`learning_rate_multipliers`)."""
+
+    def init(params):
+        learning_rate_multipliers(params, lr_mults)  # fails here, at the start, on a bad pattern
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        multipliers = learning_rate_multipliers(updates, lr_mults)
+        return jax.tree.map(lambda u, m: u if m == 1.0 else u * m, updates, multipliers), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(
     schedule: optax.Schedule,
     *,
@@ -65,8 +114,11 @@ def make_optimizer(
     eps: float = 1e-6,
     grad_clip_norm: float | None = 1.0,
     skip_nonfinite_steps: int = 0,
+    lr_mults: Sequence[tuple[str, float]] = (),
 ) -> optax.GradientTransformation:
-    """Gradient clipping (optional), then AdamW with the kernel-only decay mask.
+    """Gradient clipping (optional), then AdamW with the kernel-only decay mask, then the
+    learning-rate multipliers (only when there are some: the state of an optimizer without them
+    keeps its structure, so earlier checkpoints still restore).
 
     `skip_nonfinite_steps` > 0 makes a step with NaN/Inf gradients a no-op (see the module
     docstring); the number itself is the loop's limit of consecutive such steps.
@@ -82,6 +134,8 @@ def make_optimizer(
     parts.append(
         optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask)
     )
+    if lr_mults:
+        parts.append(scale_by_learning_rate_multipliers(lr_mults))
     optimizer = optax.chain(*parts)
     if skip_nonfinite_steps:
         # The counter saturates at the int32 maximum, so "more than the maximum" never happens:

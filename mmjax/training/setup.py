@@ -60,6 +60,7 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         eps=config.optimizer.eps,
         grad_clip_norm=config.optimizer.grad_clip_norm,
         skip_nonfinite_steps=config.optimizer.get("skip_nonfinite_steps", 0),
+        lr_mults=tuple(tuple(item) for item in config.optimizer.get("lr_mults", ())),
     )
     # Parameters matched by the regexes of config.freeze (e.g. LiT's "^image_encoder/") get zero
     # updates and no optimizer state; the optimizer above sees only the others (see `freeze`).

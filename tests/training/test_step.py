@@ -10,7 +10,7 @@ import pytest
 
 from mmjax.training import sharding as shd
 from mmjax.training.setup import setup_training
-from mmjax.training.optimizer import make_schedule, weight_decay_mask
+from mmjax.training.optimizer import make_optimizer, make_schedule, weight_decay_mask
 from mmjax.training.tasks import ContrastiveTask
 
 
@@ -294,3 +294,42 @@ def test_logged_gradient_norm_leaves_out_frozen_parameters():
     assert trained_norm < float(optax.global_norm(grads))
     _, metrics = train_step(state, shd.to_global_batch(batch, mesh))
     np.testing.assert_allclose(float(metrics["grad_norm"]), trained_norm, rtol=1e-5)
+
+
+def test_learning_rate_multipliers_scale_the_updates_of_matched_parameters_only():
+    """lr_mults (big_vision's): the first matching regex's multiplier scales that parameter's
+    AdamW update (its decay included); others get the plain update; a typo is an error."""
+    rng = np.random.default_rng(14)
+    params = {
+        "encoder": {"relative_position_bias": jnp.asarray(rng.standard_normal((2, 9)), jnp.float32),
+                    "dense": {"kernel": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)}},
+        "head": {"kernel": jnp.asarray(rng.standard_normal((4, 2)), jnp.float32)},
+    }
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    schedule = make_schedule(1e-3, 2, 10)
+
+    def first_updates(**kwargs):
+        optimizer = make_optimizer(schedule, weight_decay=0.1, grad_clip_norm=None, **kwargs)
+        state = optimizer.init(params)
+        for _ in range(3):  # past the zero learning rate of step 0
+            updates, state = optimizer.update(grads, state, params)
+        return updates
+
+    plain = first_updates()
+    scaled = first_updates(lr_mults=(("relative_position_bias", 10.0), ("kernel$", 0.5), ("^head/", 3.0)))
+    np.testing.assert_allclose(scaled["encoder"]["relative_position_bias"],
+                               10.0 * plain["encoder"]["relative_position_bias"], rtol=1e-6)
+    # First match wins: the head's kernel is matched by "kernel$" before "^head/".
+    for path in (("encoder", "dense", "kernel"), ("head", "kernel")):
+        a, b = scaled, plain
+        for key in path:
+            a, b = a[key], b[key]
+        np.testing.assert_allclose(a, 0.5 * b, rtol=1e-6)
+    assert np.abs(plain["encoder"]["relative_position_bias"]).min() > 0
+    # Without multipliers the chain (and so a checkpoint's optimizer state) is as before.
+    no_mults = make_optimizer(schedule, grad_clip_norm=None).init(params)
+    assert jax.tree.structure(no_mults) == jax.tree.structure(make_optimizer(schedule, grad_clip_norm=None, lr_mults=()).init(params))
+    with pytest.raises(ValueError, match="'relative_bias' matches no parameter"):
+        make_optimizer(schedule, lr_mults=(("relative_bias", 10.0),)).init(params)
+    with pytest.raises(ValueError, match=r"\(regex, multiplier\)"):
+        make_optimizer(schedule, lr_mults=(("kernel", "ten"),)).init(params)
