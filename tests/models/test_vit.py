@@ -41,3 +41,15 @@ def test_bad_attributes_and_sizes_are_named():
         tower(pool="max")
     with pytest.raises(ValueError, match="not a multiple of patch_size 8"):
         tower().init(jax.random.key(0), np.ones((1, 20, 16, 3), np.float32))
+
+
+@pytest.mark.parametrize("pool", ["token", "mean"])
+def test_relative_position_bias_is_sized_by_the_patch_grid(pool):
+    """One table per layer over the (2h-1)(2w-1) offsets of the h x w patch grid (a 32x24 image in
+    8 px patches: 4 x 3, so 7 x 5 offsets), whether or not a class token comes first."""
+    images = np.random.default_rng(2).standard_normal((2, 32, 24, 3)).astype(np.float32)
+    model = tower(pool=pool, relative_position_bias=True)
+    params = jax.jit(model.init)(jax.random.key(0), images)["params"]
+    assert params["encoder"]["blocks"]["relative_position_bias"].shape == (2, 4, 7 * 5)
+    out = jax.jit(model.apply)({"params": params}, images)
+    assert out["tokens"].shape == (2, 12 + (pool == "token"), 32)
