@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.nn.embed import LearnedPositionEmbedding, PatchEmbed, sincos_2d_position_embedding
+from mmjax.nn.embed import ConvStem, LearnedPositionEmbedding, PatchEmbed, sincos_2d_position_embedding
 from mmjax.nn.transformer import Encoder, gelu
 
 Array = jax.Array
@@ -43,6 +43,8 @@ class ViT(nn.Module):
         offset between patches, logits[h, i, j] += B[h, offset(i -> j)] (Swin, BEiT; zero at
         init). A head can then read "the patch to my left" of every patch at once, whatever the
         picture: relations between neighbouring cells become one lookup of the image tokens.
+      stem: "patch" (one linear projection per p x p patch, as ViT and CLIP) or "conv" (log2(p)
+        strided 3x3 convolutions, `ConvStem`, Xiao et al. 2021).
       ln_pre: a LayerNorm before the encoder (OpenAI CLIP has one).
       patch_bias: a bias in the patch projection (OpenAI CLIP has none).
     """
@@ -56,6 +58,7 @@ class ViT(nn.Module):
     position_embedding: str = "learned"
     position_temperature: float = 10_000.0
     relative_position_bias: bool = False
+    stem: str = "patch"
     ln_pre: bool = False
     patch_bias: bool = True
     activation: Callable[[Array], Array] = gelu
@@ -69,6 +72,8 @@ class ViT(nn.Module):
     def __post_init__(self):
         if self.pool not in ("token", "mean"):
             raise ValueError(f"ViT.pool must be 'token' or 'mean'; got {self.pool!r}")
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"ViT.stem must be 'patch' or 'conv'; got {self.stem!r}")
         if self.position_embedding not in ("learned", "sincos2d"):
             raise ValueError(
                 f"ViT.position_embedding must be 'learned' or 'sincos2d'; got {self.position_embedding!r}"
@@ -77,9 +82,13 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, images: Array, deterministic: bool = True) -> dict[str, Array]:
-        tokens = PatchEmbed(
-            self.patch_size, self.width, use_bias=self.patch_bias, dtype=self.dtype, name="patch_embed"
-        )(images.astype(self.dtype))
+        if self.stem == "conv":
+            tokens = ConvStem(self.patch_size, self.width, dtype=self.dtype, name="conv_stem")(
+                images.astype(self.dtype))
+        else:
+            tokens = PatchEmbed(
+                self.patch_size, self.width, use_bias=self.patch_bias, dtype=self.dtype, name="patch_embed"
+            )(images.astype(self.dtype))
         batch, num_patches, _ = tokens.shape
         if self.position_embedding == "sincos2d":
             grid = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size

@@ -66,6 +66,64 @@ class PatchEmbed(nn.Module):
         return tokens.reshape(batch, grid_h * grid_w, dim)
 
 
+class ConvStem(nn.Module):
+    """[batch, H, W, C] images -> [batch, (H/p)·(W/p), width] tokens through a small CNN.
+
+        x -> [conv 3x3, stride 2, ReLU] x log2(p) -> conv 1x1 -> tokens       (row-major order)
+
+    channels width/2^(n-1), ..., width/2, width for the n = log2(p) strided convolutions: each
+    halves the resolution and doubles the channels. Token (r, c) reads rows p·r .. p·r + 2(p-1)
+    (and columns likewise): its own patch and the p-1 pixels after it, where `PatchEmbed`'s reads
+    only its patch. This is the "ViT-C" stem of Xiao et al. (2021), "Early convolutions help
+    transformers see better" (with "SAME" padding): a linear projection of raw pixels must
+    recognise a shape wherever it sits in the patch, overlapping 3x3 filters need not, and small
+    ViTs trained briefly learn faster and more stably with it (at ~5 MFLOP per 48 px image for
+    width 128, cheap next to the transformer).
+
+    Attributes:
+      patch_size: p, a power of two (the product of the convolutions' strides).
+      width: the token width D.
+    """
+
+    patch_size: int
+    width: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: Array) -> Array:
+        if images.ndim != 4:
+            raise ValueError(f"images must be [batch, height, width, channels]; got {images.shape}")
+        p = self.patch_size
+        if p < 2 or p & (p - 1):
+            raise ValueError(f"ConvStem needs patch_size a power of two (the strides' product); got {p}")
+        _, height, width, _ = images.shape
+        if height % p or width % p:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of patch_size {p}: "
+                f"use an image size divisible by {p} or another patch size"
+            )
+        layers = p.bit_length() - 1
+        x = images
+        for i in range(layers):
+            x = nn.Conv(
+                # "SAME" (flax's default): on even sizes one row/column of zeros after, none
+                # before, so output i reads inputs 2i .. 2i+2.
+                max(self.width >> (layers - 1 - i), 1), kernel_size=(3, 3), strides=(2, 2), padding="SAME",
+                dtype=self.dtype, param_dtype=self.param_dtype,
+                kernel_init=nn.with_logical_partitioning(nn.initializers.he_normal(), (None, None, None, None)),
+                name=f"conv_{i}",
+            )(x)
+            x = nn.relu(x)
+        tokens = nn.Conv(
+            self.width, kernel_size=(1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+            name="project",
+        )(x)
+        batch, grid_h, grid_w, dim = tokens.shape
+        return tokens.reshape(batch, grid_h * grid_w, dim)
+
+
 def sincos_2d_position_embedding(
     grid_h: int, grid_w: int, width: int, temperature: float = 10_000.0
 ) -> np.ndarray:

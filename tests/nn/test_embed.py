@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.nn.embed import LearnedPositionEmbedding, PatchEmbed, TokenEmbed, sincos_2d_position_embedding
+from mmjax.nn.embed import ConvStem, LearnedPositionEmbedding, PatchEmbed, TokenEmbed, sincos_2d_position_embedding
 
 
 @pytest.mark.parametrize("hw,p,c", [((8, 8), 4, 3), ((12, 8), 4, 3), ((6, 9), 3, 2)])
@@ -61,3 +61,30 @@ def test_token_embed_lookup_and_tied_attend():
     vec = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
     logits = module.apply({"params": params}, vec, method=TokenEmbed.attend)
     np.testing.assert_allclose(logits, vec @ table.T, rtol=1e-5, atol=1e-6)
+
+
+def test_conv_stem_tokens_are_row_major_patches_that_see_only_their_neighbourhood():
+    """ConvStem: log2(p) strided 3x3 convolutions and a 1x1 projection give one token per p x p
+    patch in PatchEmbed's order; token (r, c) reads rows 16r .. 16r+30 (and columns likewise) at
+    p = 16: a change in the top-left patch moves its own token and no other, one in the
+    bottom-right patch its own and the three tokens before it."""
+    rng = np.random.default_rng(16)
+    images = rng.standard_normal((2, 48, 64, 3)).astype(np.float32)
+    stem = ConvStem(patch_size=16, width=32)
+    params = jax.jit(stem.init)(jax.random.key(0), images)
+    assert [k for k in nn.unbox(params)["params"]] == ["conv_0", "conv_1", "conv_2", "conv_3", "project"]
+    assert nn.unbox(params)["params"]["conv_0"]["kernel"].shape == (3, 3, 3, 4)  # 32 / 2^3 channels
+    apply = jax.jit(stem.apply)
+    tokens = apply(params, images)
+    assert tokens.shape == (2, 3 * 4, 32)
+    for rows, cols, moved in [(slice(0, 16), slice(0, 16), [(0, 0)]),
+                              (slice(32, 48), slice(48, 64), [(1, 2), (1, 3), (2, 2), (2, 3)])]:
+        changed = images.copy()
+        changed[:, rows, cols] = rng.standard_normal((2, 16, 16, 3))
+        diff = np.abs(apply(params, changed) - tokens).max(axis=(0, 2)).reshape(3, 4)
+        for r, c in moved:
+            assert diff[r, c] > 1e-3, (r, c)
+            diff[r, c] = 0
+        np.testing.assert_array_equal(diff, 0.0)
+    with pytest.raises(ValueError, match="power of two"):
+        ConvStem(patch_size=12, width=32).init(jax.random.key(0), images)
