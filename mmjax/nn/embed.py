@@ -21,6 +21,18 @@ import numpy as np
 Array = jax.Array
 
 
+def check_patch_grid(images: Array, patch_size: int) -> None:
+    """Raises a ValueError unless `images` is [batch, H, W, C] with H and W multiples of patch_size."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be [batch, height, width, channels]; got {images.shape}")
+    _, height, width, _ = images.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"image size {height}x{width} is not a multiple of patch_size {patch_size}: "
+            f"use an image size divisible by {patch_size} or another patch size"
+        )
+
+
 class PatchEmbed(nn.Module):
     """[batch, H, W, C] images -> [batch, (H/p)·(W/p), width] patch tokens (row-major order).
 
@@ -38,15 +50,8 @@ class PatchEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
-        if images.ndim != 4:
-            raise ValueError(f"images must be [batch, height, width, channels]; got {images.shape}")
-        _, height, width, _ = images.shape
+        check_patch_grid(images, self.patch_size)
         p = self.patch_size
-        if height % p or width % p:
-            raise ValueError(
-                f"image size {height}x{width} is not a multiple of patch_size {p}: "
-                f"use an image size divisible by {p} or another patch size"
-            )
         # Kernel = stride = p: each output position sees exactly one patch.
         tokens = nn.Conv(
             self.width,
@@ -92,17 +97,10 @@ class ConvStem(nn.Module):
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
-        if images.ndim != 4:
-            raise ValueError(f"images must be [batch, height, width, channels]; got {images.shape}")
         p = self.patch_size
         if p < 2 or p & (p - 1):
             raise ValueError(f"ConvStem needs patch_size a power of two (the strides' product); got {p}")
-        _, height, width, _ = images.shape
-        if height % p or width % p:
-            raise ValueError(
-                f"image size {height}x{width} is not a multiple of patch_size {p}: "
-                f"use an image size divisible by {p} or another patch size"
-            )
+        check_patch_grid(images, p)
         layers = p.bit_length() - 1
         x = images
         for i in range(layers):
