@@ -90,8 +90,9 @@ class ViT(nn.Module):
                 self.patch_size, self.width, use_bias=self.patch_bias, dtype=self.dtype, name="patch_embed"
             )(images.astype(self.dtype))
         batch, num_patches, _ = tokens.shape
+        # [rows, cols] of patches; the stems have checked that the image divides into them.
+        grid = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
         if self.position_embedding == "sincos2d":
-            grid = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
             table = sincos_2d_position_embedding(*grid, self.width, self.position_temperature)
             tokens = tokens + jnp.asarray(table, self.dtype)
 
@@ -112,10 +113,7 @@ class ViT(nn.Module):
             activation=self.activation,
             dropout_rate=self.dropout_rate,
             layer_norm_epsilon=self.layer_norm_epsilon,
-            relative_position_grid=(
-                (images.shape[1] // self.patch_size, images.shape[2] // self.patch_size)
-                if self.relative_position_bias else None
-            ),
+            relative_position_grid=grid if self.relative_position_bias else None,
             scan=self.scan,
             unroll=self.unroll,
             remat=self.remat,

@@ -68,23 +68,37 @@ def param_names(params: Any) -> list[str]:
     ]
 
 
-def freeze_labels(params: Any, patterns: str | Sequence[str] | None) -> Any:
-    """A tree shaped like `params` holding "frozen" where a pattern matches the name, else "train".
+def compile_patterns(names: Sequence[str], patterns: Sequence[str], field: str) -> list[re.Pattern]:
+    """Each pattern compiled; a ValueError naming `field` for a pattern that matches none of `names`.
 
-    Raises a ValueError for a pattern that matches no parameter (a typo would otherwise silently
-    train what was meant to be frozen), naming the pattern and some existing parameter names.
+    A typo in a parameter-name pattern would otherwise change nothing without a word (train what
+    was meant to be frozen, leave a learning rate as it was), so it stops the run at the start,
+    with some real names to copy from.
     """
-    patterns = _as_patterns(patterns)
-    compiled = [re.compile(p) for p in patterns]
-    names = param_names(params)
-    for pattern, regex in zip(patterns, compiled):
+    compiled = []
+    for pattern in patterns:
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"{field} pattern {pattern!r} is not a valid regular expression: {e}") from e
         if not any(regex.search(name) for name in names):
             tops = sorted({name.split("/")[0] for name in names})
             raise ValueError(
-                f"config.freeze pattern {pattern!r} matches no parameter. Parameter names are "
-                f"'/'-joined paths such as {names[:3]} (top-level: {tops}); patterns are matched "
-                "with re.search, e.g. '^image_encoder/'."
+                f"{field} pattern {pattern!r} matches no parameter. Parameter names are "
+                f"'/'-joined paths such as {list(names[:3])} (top-level: {tops}); patterns are "
+                "matched with re.search, e.g. '^image_encoder/'."
             )
+        compiled.append(regex)
+    return compiled
+
+
+def freeze_labels(params: Any, patterns: str | Sequence[str] | None) -> Any:
+    """A tree shaped like `params` holding "frozen" where a pattern matches the name, else "train".
+
+    Raises a ValueError for a pattern that matches no parameter (`compile_patterns`).
+    """
+    names = param_names(params)
+    compiled = compile_patterns(names, _as_patterns(patterns), "config.freeze")
     labels = [FROZEN if any(r.search(name) for r in compiled) else TRAIN for name in names]
     return jax.tree.unflatten(jax.tree.structure(params), labels)
 

@@ -30,7 +30,6 @@ back to health), so the parameters in memory and in every checkpoint stay finite
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ import jax
 import numpy as np
 import optax
 
-from mmjax.training.freeze import param_names
+from mmjax.training.freeze import compile_patterns, param_names
 
 
 def make_schedule(
@@ -74,19 +73,12 @@ def learning_rate_multipliers(params: Any, lr_mults: Sequence[tuple[str, float]]
     Raises a ValueError naming a pattern that matches no parameter (a typo would otherwise leave
     every rate unchanged without a word).
     """
-    names = param_names(params)
-    compiled = []
     for item in lr_mults:
         if len(item) != 2 or not isinstance(item[0], str) or not isinstance(item[1], (int, float)):
             raise ValueError(f"config.optimizer.lr_mults entries must be (regex, multiplier); got {item!r}")
-        pattern, multiplier = item
-        regex = re.compile(pattern)
-        if not any(regex.search(name) for name in names):
-            raise ValueError(
-                f"config.optimizer.lr_mults pattern {pattern!r} matches no parameter; names are "
-                f"'/'-joined paths such as {names[:3]}"
-            )
-        compiled.append((regex, float(multiplier)))
+    names = param_names(params)
+    regexes = compile_patterns(names, [pattern for pattern, _ in lr_mults], "config.optimizer.lr_mults")
+    compiled = [(regex, float(m)) for regex, (_, m) in zip(regexes, lr_mults)]
     multipliers = [next((m for regex, m in compiled if regex.search(name)), 1.0) for name in names]
     return jax.tree.unflatten(jax.tree.structure(params), multipliers)
 
