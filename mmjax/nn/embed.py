@@ -77,13 +77,22 @@ class ConvStem(nn.Module):
         x -> [conv 3x3, stride 2, ReLU] x log2(p) -> conv 1x1 -> tokens       (row-major order)
 
     channels width/2^(n-1), ..., width/2, width for the n = log2(p) strided convolutions: each
-    halves the resolution and doubles the channels. Token (r, c) reads rows p·r .. p·r + 2(p-1)
-    (and columns likewise): its own patch and the p-1 pixels after it, where `PatchEmbed`'s reads
-    only its patch. This is the "ViT-C" stem of Xiao et al. (2021), "Early convolutions help
-    transformers see better" (with "SAME" padding): a linear projection of raw pixels must
+    halves the resolution and doubles the channels. This is the "ViT-C" stem of Xiao et al. (2021),
+    "Early convolutions help transformers see better": a linear projection of raw pixels must
     recognise a shape wherever it sits in the patch, overlapping 3x3 filters need not, and small
     ViTs trained briefly learn faster and more stably with it (at ~5 MFLOP per 48 px image for
     width 128, cheap next to the transformer).
+
+    Receptive field. Token r (along either axis) reads 2p - 1 pixels, from p·r - A to
+    p·r - A + 2(p - 1), where A = Σ_k a_k 2^k adds up the zeros padded *before* convolution k
+    (k = 0 the finest). Its centre is p·r + (p - 1) - A, and the patch's own centre is
+    p·r + (p - 1)/2, so A = p/2 puts a token on its patch, half a pixel off: only the last
+    (coarsest) convolution pads one zero before, the others none (so the token reads
+    p·r - p/2 .. p·r + 3p/2 - 2: its patch and half a patch around it). The usual choices are
+    p/2 - 1/2 pixels off, on a patch *border*: "SAME" padding everywhere (A = 0, the patch and the
+    next one) or PyTorch's padding=1 everywhere (A = p - 1, ViT-C). An object centred in a cell
+    then sits where it sits for two tokens, mirrored, and which cell it is in is harder to read
+    (on `shapes`, position questions were learned late or never on some seeds).
 
     Attributes:
       patch_size: p, a power of two (the product of the convolutions' strides).
@@ -104,10 +113,11 @@ class ConvStem(nn.Module):
         layers = p.bit_length() - 1
         x = images
         for i in range(layers):
+            # Sizes stay even, and 1 + 1 padded zeros or 0 + 1 halve them exactly; see the docstring.
+            before = 1 if i == layers - 1 else 0
             x = nn.Conv(
-                # "SAME" (flax's default): on even sizes one row/column of zeros after, none
-                # before, so output i reads inputs 2i .. 2i+2.
-                max(self.width >> (layers - 1 - i), 1), kernel_size=(3, 3), strides=(2, 2), padding="SAME",
+                max(self.width >> (layers - 1 - i), 1), kernel_size=(3, 3), strides=(2, 2),
+                padding=((before, 1), (before, 1)),
                 dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=nn.with_logical_partitioning(nn.initializers.he_normal(), (None, None, None, None)),
                 name=f"conv_{i}",

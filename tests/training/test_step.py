@@ -242,9 +242,10 @@ def test_bfloat16_compute_keeps_float32_parameters_optimizer_state_and_losses(on
     assert exps and all(e.invars[0].aval.dtype == jnp.float32 for e in exps)  # softmaxes in float32
 
 
-# The CLIP loss's accumulation also runs, end to end, in the config test below.
+# Both slow (about 25 s each): the CLIP loss's accumulation runs, end to end and compared with the
+# big batch, in the config test below, and the per-example one in the test above.
 @pytest.mark.parametrize("loss_name", [pytest.param("sharded_clip_loss", marks=pytest.mark.slow),
-                                       "sharded_siglip_loss"])
+                                       pytest.param("sharded_siglip_loss", marks=pytest.mark.slow)])
 def test_gradient_accumulation_of_a_contrastive_loss_equals_the_big_batch(loss_name):
     """Microbatches of 8 for a batch of 32: the negatives still come from all 32 examples."""
     import mmjax.losses
