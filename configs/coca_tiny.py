@@ -6,9 +6,9 @@
     python eval.py --config configs/coca_tiny.py --workdir runs/coca_tiny --config.eval.beam_size=4
 
 clip_tiny's image tower (with the changes below) and causal text tower, plus a 2-layer caption
-decoder that cross-attends to the 9 image tokens. The evaluation generates a caption per test image (greedy; beam search with
-eval.beam_size > 1) and parses it back into a scene, and answers every test question by writing
-the answer after the question.
+decoder that cross-attends to the 9 image tokens. The evaluation generates a caption per test
+image (greedy; beam search with eval.beam_size > 1) and parses it back into a scene, and answers
+every test question by writing the answer after the question.
 
 Four changes from the plain CoCa (measured one at a time on the test split, README), each for a
 kind of question it could not learn in 10 minutes:

@@ -88,11 +88,13 @@ class ConvStem(nn.Module):
     (k = 0 the finest). Its centre is p·r + (p - 1) - A, and the patch's own centre is
     p·r + (p - 1)/2, so A = p/2 puts a token on its patch, half a pixel off: only the last
     (coarsest) convolution pads one zero before, the others none (so the token reads
-    p·r - p/2 .. p·r + 3p/2 - 2: its patch and half a patch around it). The usual choices are
-    p/2 - 1/2 pixels off, on a patch *border*: "SAME" padding everywhere (A = 0, the patch and the
-    next one) or PyTorch's padding=1 everywhere (A = p - 1, ViT-C). An object centred in a cell
-    then sits where it sits for two tokens, mirrored, and which cell it is in is harder to read
-    (on `shapes`, position questions were learned late or never on some seeds).
+    p·r - p/2 .. p·r + 3p/2 - 2: its patch and half a patch around it). The usual choices put
+    the centre (p - 1)/2 pixels off, on a patch *border*: "SAME" padding everywhere (A = 0: the
+    patch and the next one) or PyTorch's padding=1 everywhere (A = p - 1, ViT-C). There an object
+    centred in a cell sits at mirrored places of two tokens' fields, and telling which cell holds
+    it is left to the filters' asymmetry. Centring is right by construction; on `shapes` it was
+    no worse than "SAME" (two seeds each), and position questions were settled by other means
+    (see configs/coca_tiny.py).
 
     Attributes:
       patch_size: p, a power of two (the product of the convolutions' strides).

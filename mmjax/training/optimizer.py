@@ -74,8 +74,12 @@ def learning_rate_multipliers(params: Any, lr_mults: Sequence[tuple[str, float]]
     every rate unchanged without a word).
     """
     for item in lr_mults:
-        if len(item) != 2 or not isinstance(item[0], str) or not isinstance(item[1], (int, float)):
-            raise ValueError(f"config.optimizer.lr_mults entries must be (regex, multiplier); got {item!r}")
+        if (not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str)
+                or not isinstance(item[1], (int, float))):
+            raise ValueError(
+                "config.optimizer.lr_mults must be a tuple of (regex, multiplier) pairs, e.g. "
+                f"(('relative_position_bias', 10.0),); entry {item!r} of {tuple(lr_mults)!r} is not one"
+            )
     names = param_names(params)
     regexes = compile_patterns(names, [pattern for pattern, _ in lr_mults], "config.optimizer.lr_mults")
     compiled = [(regex, float(m)) for regex, (_, m) in zip(regexes, lr_mults)]

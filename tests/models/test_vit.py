@@ -41,6 +41,28 @@ def test_bad_attributes_and_sizes_are_named():
         tower(pool="max")
     with pytest.raises(ValueError, match="not a multiple of patch_size 8"):
         tower().init(jax.random.key(0), np.ones((1, 20, 16, 3), np.float32))
+    with pytest.raises(ValueError, match="ViT.stem must be 'patch' or 'conv'; got 'cnn'"):
+        tower(stem="cnn")
+    with pytest.raises(ValueError, match="not a multiple of patch_size 8"):
+        tower(stem="conv").init(jax.random.key(0), np.ones((1, 20, 16, 3), np.float32))
+
+
+def test_conv_stem_replaces_the_patch_projection():
+    """stem="conv": the tokens come from ConvStem (its 3 convolutions for 8 px patches and a
+    projection), no patch projection exists, and the grid, positions and relative bias are the
+    same as the patch stem's (a 32x24 image: 4 x 3 tokens)."""
+    images = np.random.default_rng(3).standard_normal((2, 32, 24, 3)).astype(np.float32)
+    model = tower(stem="conv", pool="mean", position_embedding="sincos2d", relative_position_bias=True)
+    params = jax.jit(model.init)(jax.random.key(0), images)["params"]
+    assert "patch_embed" not in params
+    assert sorted(params["conv_stem"]) == ["conv_0", "conv_1", "conv_2", "project"]
+    assert params["encoder"]["blocks"]["relative_position_bias"].shape == (2, 4, 7 * 5)
+    out = jax.jit(model.apply)({"params": params}, images)
+    assert out["tokens"].shape == (2, 12, 32) and np.all(np.isfinite(out["tokens"]))
+    # The stem feeds the tower: another image gives other tokens.
+    other = jax.jit(model.apply)({"params": params}, images[::-1])
+    np.testing.assert_allclose(other["tokens"], out["tokens"][::-1], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(other["tokens"][0], out["tokens"][0])
 
 
 @pytest.mark.parametrize("pool", ["token", "mean"])

@@ -334,5 +334,7 @@ def test_learning_rate_multipliers_scale_the_updates_of_matched_parameters_only(
         make_optimizer(schedule, lr_mults=(("relative_bias", 10.0),)).init(params)
     with pytest.raises(ValueError, match=r"\(regex, multiplier\)"):
         make_optimizer(schedule, lr_mults=(("kernel", "ten"),)).init(params)
+    with pytest.raises(ValueError, match=r"pairs, e.g.*entry 'kernel' of \('kernel', 2.0\)"):  # a pair, not pairs
+        make_optimizer(schedule, lr_mults=("kernel", 2.0)).init(params)
     with pytest.raises(ValueError, match=r"config.optimizer.lr_mults pattern '\(kernel' is not a valid regular"):
         make_optimizer(schedule, lr_mults=(("(kernel", 2.0),)).init(params)
