@@ -9,7 +9,7 @@ Prints the results table and writes results.json and the retrieval example grids
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mmjax.training import distributed
+from mmjax.training import distributed, host_devices
 from mmjax.training.evaluate import evaluate_checkpoint
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -17,6 +17,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder holding checkpoints/
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-host runs (mmjax/training/distributed.py): a single process needs none of these flags.
 _JOIN_RUN = distributed.define_flags()
+# On a CPU: one XLA device per core (mmjax/training/host_devices.py); --cpu_devices=1 turns it off.
+_SPLIT_CPU = host_devices.define_flags()
 
 
 def main(argv):
@@ -25,7 +27,7 @@ def main(argv):
     # Library chatter (Orbax, TFDS) goes to the log only when it is a problem; progress bars and
     # the results table are what a user reads.
     logging.set_verbosity(logging.ERROR)
-    _JOIN_RUN()
+    _JOIN_RUN(prepare=lambda num_processes: _SPLIT_CPU(_CONFIG.value, num_processes))
     evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
 
 

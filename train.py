@@ -10,7 +10,7 @@ checkpoints/, metrics.jsonl, tensorboard/, config.json, tokenizer.model, results
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mmjax.training import distributed
+from mmjax.training import distributed, host_devices
 from mmjax.training.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -18,6 +18,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metric
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-host runs (mmjax/training/distributed.py): a single process needs none of these flags.
 _JOIN_RUN = distributed.define_flags()
+# On a CPU: one XLA device per core (mmjax/training/host_devices.py); --cpu_devices=1 turns it off.
+_SPLIT_CPU = host_devices.define_flags()
 
 
 def main(argv):
@@ -26,7 +28,7 @@ def main(argv):
     # Library chatter (Orbax, TFDS) goes to the log only when it is a problem; progress bars and
     # the results table are what a user reads.
     logging.set_verbosity(logging.ERROR)
-    _JOIN_RUN()
+    _JOIN_RUN(prepare=lambda num_processes: _SPLIT_CPU(_CONFIG.value, num_processes))
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

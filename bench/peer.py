@@ -144,4 +144,4 @@ def describe(row: dict, args) -> str:
 
 
 if __name__ == "__main__":
-    step_cli(measure, __doc__.splitlines()[0], describe)
+    step_cli(measure, __doc__.splitlines()[0], describe, jax_step=False)

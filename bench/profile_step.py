@@ -11,8 +11,9 @@ adds up the time of every compiled operation (XLA:CPU runs each as a "thunk"), g
                    per-layer activations `nn.scan` saves for the backward pass, and layout changes
   elementwise      every other fusion: LayerNorm, softmax, GELU, the loss, Adam
 
-Thunks of the two CPU threads overlap, so the sums exceed the step's wall time; the shares are
-what matters.
+The step is the one `train.py` runs, on the same CPU devices (default: one per core, each running
+its share of the batch; the shapes listed are one device's). Thunks of the cores overlap, so the
+sums exceed the step's wall time; the shares are what matters.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.step import parse_overrides  # noqa: E402
+from bench.step import parse_overrides, split_cpu_host_like_train  # noqa: E402
 from bench.workload import load_config, random_batch  # noqa: E402
 
 BOOKKEEPING = ("dynamic-update-slice", "dynamic-slice", "broadcast", "copy", "transpose", "while",
@@ -149,8 +150,12 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--cpu_devices", type=int, default=-1,
+                        help="as train.py's: -1 one per core, 1 one device over every core")
     args = parser.parse_args()
-    row = measure(args.config, **parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    split_cpu_host_like_train(args.config, args.cpu_devices, overrides)
+    row = measure(args.config, **overrides)
     if args.json:
         print(json.dumps(row))
         return

@@ -81,9 +81,19 @@ def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> 
     }
 
 
-def step_cli(measure_fn, description: str, describe) -> None:
+def split_cpu_host_like_train(config_path: str, cpu_devices: int, overrides: dict) -> None:
+    """Splits JAX's CPU backend into devices as `train.py --cpu_devices` does (default: one per
+    core, fitted to the batch), so the benchmarks time the step that training runs. A device
+    count forced in XLA_FLAGS (bench/runner.py's `devices`) wins."""
+    from mmjax.training.host_devices import cpu_device_count, split_cpu_host
+
+    split_cpu_host(cpu_device_count(cpu_devices, load_config(config_path, **overrides).batch_size))
+
+
+def step_cli(measure_fn, description: str, describe, jax_step: bool = True) -> None:
     """The command line of the step benchmarks (this one and peer.py): --config, --steps,
-    --warmup, --set KEY=VALUE, --json; prints `describe(row, args)` or the row as JSON."""
+    --warmup, --set KEY=VALUE, --json, and for mmjax's step (`jax_step`) --cpu_devices; prints
+    `describe(row, args)` or the row as JSON."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
@@ -91,8 +101,14 @@ def step_cli(measure_fn, description: str, describe) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. batch_size=16 or data.image_size=112")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    if jax_step:
+        parser.add_argument("--cpu_devices", type=int, default=-1,
+                            help="as train.py's: -1 one per core, 1 one device over every core")
     args = parser.parse_args()
-    row = measure_fn(args.config, args.steps, args.warmup, **parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    if jax_step:
+        split_cpu_host_like_train(args.config, args.cpu_devices, overrides)
+    row = measure_fn(args.config, args.steps, args.warmup, **overrides)
     print(json.dumps(row) if args.json else describe(row, args))
 
 

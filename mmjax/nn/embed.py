@@ -6,7 +6,9 @@ patch linearly (Dosovitskiy et al., 2021):
 
     image [batch, H, W, C] -> patches [batch, (H/p)·(W/p), p·p·C] -> tokens = patches · W + b
 
-which is exactly a convolution with kernel size = stride = p, and is computed as one. Attention is
+which is a convolution with kernel size = stride = p. It is computed as the reshape and one matmul
+that the formula says: XLA:CPU's convolution kernels run this shape at a third of the matmul rate
+(BENCHMARKS.md), and the kernel [p, p, C, width] is the same array either way. Attention is
 permutation-equivariant, so positions are added explicitly: learned vectors, or fixed 2-D sin-cos
 features (MoCo v3, big_vision), which need no parameters and extend to other grid sizes.
 """
@@ -52,23 +54,47 @@ class PatchEmbed(nn.Module):
     def __call__(self, images: Array) -> Array:
         check_patch_grid(images, self.patch_size)
         p = self.patch_size
-        # Kernel = stride = p: each output position sees exactly one patch.
-        tokens = nn.Conv(
-            self.width,
-            kernel_size=(p, p),
-            strides=(p, p),
-            padding="VALID",
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            # [p, p, channels, width]: FSDP splits the output width.
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), (None, None, None, "embed")
-            ),
-            name="conv",
-        )(images)
-        batch, grid_h, grid_w, dim = tokens.shape
-        return tokens.reshape(batch, grid_h * grid_w, dim)
+        batch, image_h, image_w, channels = images.shape
+        grid_h, grid_w = image_h // p, image_w // p
+        # [batch, H, W, C] -> [batch, gh, p, gw, p, C] -> [batch, gh, gw, p, p, C]
+        #                  -> [batch, gh·gw, p, p, C]: one patch per token, row-major.
+        patches = images.reshape(batch, grid_h, p, grid_w, p, channels)
+        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid_h * grid_w, p, p, channels)
+        return PatchProjection(
+            self.width, self.use_bias, self.dtype, self.param_dtype, name="conv"
+        )(patches)
+
+
+class PatchProjection(nn.Module):
+    """tokens = patches · W + b: [batch, N, p, p, C] -> [batch, N, width], W [p, p, C, width].
+
+    W and its name ("conv") are those of the equivalent strided convolution: the layout of
+    big_vision's and timm's checkpoints and of the open_clip/HF converters, and, with lecun_normal
+    over the same 4-D shape, the same initial values from the same key.
+    """
+
+    width: int
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, patches: Array) -> Array:
+        *_, p_h, p_w, channels = patches.shape
+        # FSDP splits the output width.
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+            (p_h, p_w, channels, self.width),
+            self.param_dtype,
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros, (self.width,), self.param_dtype)
+            if self.use_bias else None
+        )
+        patches, kernel, bias = nn.dtypes.promote_dtype(patches, kernel, bias, dtype=self.dtype)
+        tokens = jnp.einsum("bnhwc,hwcd->bnd", patches, kernel)
+        return tokens if bias is None else tokens + bias
 
 
 class ConvStem(nn.Module):

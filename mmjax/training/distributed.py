@@ -23,6 +23,7 @@ devices are a faithful (slow) model of two hosts; the multi-host test runs exact
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import jax
 
@@ -59,9 +60,17 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
     auto_detect: bool = False,
+    prepare: Callable[[int | None], None] | None = None,
 ) -> None:
-    """Joins this process to the run (see the module docstring); call before any other JAX call."""
+    """Joins this process to the run (see the module docstring); call before any other JAX call.
+
+    prepare: called first, with the number of processes (1 for a single process, None when
+      auto-detection will find it), for settings that must precede JAX's backends (see
+      `host_devices.split_cpu_host`).
+    """
     settings = distributed_settings(coordinator_address, num_processes, process_id)
+    if prepare is not None:
+        prepare(settings["num_processes"] if settings else (None if auto_detect else 1))
     if settings is not None:
         jax.distributed.initialize(**settings)
     elif auto_detect:
@@ -74,11 +83,13 @@ def initialize(
 
 def define_flags():
     """Defines --coordinator_address, --num_processes, --process_id and --distributed (absl) for
-    an entry point; returns a function that joins the run from their values."""
+    an entry point; returns a function that joins the run from their values (its `prepare`
+    argument as in `initialize`)."""
     from absl import flags
 
     coordinator = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
     num_processes = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
     process_id = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
     auto = flags.DEFINE_bool("distributed", False, "Detect the cluster (TPU pod, SLURM, ...) and join it.")
-    return lambda: initialize(coordinator.value, num_processes.value, process_id.value, auto.value)
+    return lambda prepare=None: initialize(
+        coordinator.value, num_processes.value, process_id.value, auto.value, prepare)

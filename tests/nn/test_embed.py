@@ -25,6 +25,30 @@ def test_patch_embed_equals_reshape_and_matmul(hw, p, c):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_patch_embed_is_the_strided_convolution_it_replaces():
+    """Same parameter names, shapes and initial values as nn.Conv(kernel = stride = p) from the same
+    key, and the same tokens: checkpoints, seeds and the weight converters see no difference."""
+    rng = np.random.default_rng(7)
+    images = rng.standard_normal((3, 12, 8, 3)).astype(np.float32)
+    module = PatchEmbed(patch_size=4, width=6)
+    conv = nn.Conv(6, kernel_size=(4, 4), strides=(4, 4), padding="VALID")
+
+    class ConvParent(nn.Module):  # nn.Conv under the same name, so it draws from the same key
+        @nn.compact
+        def __call__(self, x):
+            return nn.Conv(6, kernel_size=(4, 4), strides=(4, 4), padding="VALID", name="conv")(x)
+
+    key = jax.random.key(3)
+    params = nn.unbox(module.init(key, images))["params"]
+    conv_params = ConvParent().init(key, images)["params"]["conv"]
+    assert jax.tree.map(np.shape, params) == {"conv": {"kernel": (4, 4, 3, 6), "bias": (6,)}}
+    np.testing.assert_allclose(params["conv"]["kernel"], conv_params["kernel"], rtol=1e-6)
+    params["conv"]["bias"] = rng.standard_normal(6).astype(np.float32)
+    tokens = module.apply({"params": params}, images)
+    grid = conv.apply({"params": params["conv"]}, images)  # [3, 3, 2, 6]
+    np.testing.assert_allclose(tokens, np.asarray(grid).reshape(3, 6, 6), rtol=1e-5, atol=1e-5)
+
+
 def test_patch_embed_names_both_sizes_when_not_divisible():
     with pytest.raises(ValueError, match=r"30x32 is not a multiple of patch_size 8"):
         PatchEmbed(patch_size=8, width=4).init(jax.random.key(0), jnp.ones((1, 30, 32, 3)))

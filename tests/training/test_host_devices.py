@@ -1,0 +1,75 @@
+"""One CPU device per core: how many, when it applies, and that the entry points take the flag."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mmjax.training.host_devices import AUTO, cpu_device_count
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("cores,batch,expected", [
+    (2, 256, 2),   # one per core
+    (8, 256, 8),
+    (6, 256, 4),   # the largest count <= cores that splits the batch evenly
+    (48, 256, 32),
+    (4, 6, 3),
+    (2, 7, 1),     # an odd batch stays on one device
+    (1, 256, 1),
+])
+def test_auto_is_one_device_per_core_fitted_to_the_batch(cores, batch, expected):
+    assert cpu_device_count(AUTO, batch, cores=cores) == expected
+
+
+def test_explicit_counts_and_their_errors():
+    assert cpu_device_count(0, 256, cores=2) == 1
+    assert cpu_device_count(1, 256, cores=2) == 1
+    assert cpu_device_count(4, 256, cores=2) == 4  # more devices than cores is the user's call
+    with pytest.raises(ValueError, match=r"--cpu_devices=3 does not divide config.batch_size=16"):
+        cpu_device_count(3, 16, cores=8)
+    with pytest.raises(ValueError, match=r"--cpu_devices must be -1 .* got -2"):
+        cpu_device_count(-2, 16, cores=8)
+
+
+def _run(code: str, xla_flags: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
+SPLIT = ("import os, jax\nfrom mmjax.training.host_devices import split_cpu_host\n"
+         "done = split_cpu_host({n})\n"
+         "print(done, jax.device_count(), os.environ.get('XLA_FLAGS', ''), sep='|')")
+
+
+def test_split_makes_single_threaded_devices_before_the_backend_starts():
+    done, count, flags = _run(SPLIT.format(n=2), xla_flags=None).split("|")
+    assert (done, count) == ("True", "2")
+    assert "--xla_cpu_multi_thread_eigen=false" in flags
+
+
+def test_a_device_count_forced_in_xla_flags_wins():
+    done, count, flags = _run(SPLIT.format(n=2), "--xla_force_host_platform_device_count=3").split("|")
+    assert (done, count) == ("False", "3")
+    assert "multi_thread_eigen" not in flags
+    done, count, _ = _run(SPLIT.format(n=1), xla_flags=None).split("|")
+    assert (done, count) == ("False", "1")
+
+
+def test_train_py_rejects_a_device_count_that_does_not_split_the_batch(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/clip_tiny.py"),
+         "--workdir", str(tmp_path / "x"), "--cpu_devices=3"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "--cpu_devices=3 does not divide config.batch_size=256" in proc.stderr
+    assert not (tmp_path / "x").exists()  # refused before anything was written
