@@ -9,7 +9,7 @@ WORKDIR ?= runs/$(basename $(notdir $(CONFIG)))
 ARGS ?=
 PYTEST_ARGS ?=
 # tcmalloc, where installed (Debian/Ubuntu: apt-get install libtcmalloc-minimal4), keeps the
-# memory XLA:CPU frees between steps instead of returning it to the kernel: 1.1-1.3x faster CPU
+# memory XLA:CPU frees between steps instead of returning it to the kernel: 1.1-1.5x faster CPU
 # training steps (BENCHMARKS.md, "The allocator"). Without it everything runs as before.
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
 RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC) TCMALLOC_RELEASE_RATE=0 )$(PY)

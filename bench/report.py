@@ -63,13 +63,13 @@ def section_step(r: dict) -> str:
     rows = []
     for s in r["step"]:
         rows.append([
-            _label(s), f"{s['parameters'] / 1e6:.2f} M", s["batch_size"], _ms(s["step_s"]),
+            _label(s), f"{s['parameters'] / 1e6:.2f} M", s["batch_size"], s.get("devices", 1), _ms(s["step_s"]),
             f"{s['examples_per_s']:,.1f}", f"{s['compile_s']:.1f}", f"{s['peak_bytes_xla'] / 2**30:.2f}",
             f"{s['peak_rss_bytes'] / 2**30:.2f}", _g(s["flops_analytic"]), _g(s["flops_xla_unrolled"]),
             f"{s['flops_xla_unrolled'] / s['flops_analytic']:.3f}", _g(s["flops_per_s"]),
             f"**{100 * s['flops_per_s'] / ceiling:.0f}%**",
         ])
-    return table(["config", "params", "batch", "step ms (median)", "examples/s", "compile s",
+    return table(["config", "params", "batch", "CPU devices", "step ms (median)", "examples/s", "compile s",
                   "XLA peak GiB", "process peak RSS GiB", "GFLOP/step analytic", "GFLOP/step XLA (unrolled)",
                   "XLA / analytic", "GFLOP/s", "MFU"], rows)
 
@@ -78,15 +78,18 @@ def section_peer(r: dict) -> str:
     ceiling = r["ceiling"]["matmul_flops_per_s"]
     rows = []
     for p in r["peer"]:
+        one = p.get("mmjax_one_device_step_s")  # absent from results taken before it was measured
         rows.append([
             p["config"], p["batch_size"], f"{p['mmjax_parameters']:,}", f"{p['peer_parameters']:,}",
-            f"{p['max_embedding_diff']:.1e}", _ms(p["mmjax_step_s"]), _ms(p["peer_step_s"]),
+            f"{p['max_embedding_diff']:.1e}", f"{_ms(p['mmjax_step_s'])} ({p.get('mmjax_devices', 1)} dev.)",
+            "-" if one is None else _ms(one), _ms(p["peer_step_s"]),
             f"{100 * p['flops_analytic'] / p['mmjax_step_s'] / ceiling:.0f}% / "
             f"{100 * p['flops_analytic'] / p['peer_step_s'] / ceiling:.0f}%",
-            f"**{p['speedup']:.2f}x**",
+            f"**{p['speedup']:.2f}x**", "-" if one is None else f"{p['speedup_one_device']:.2f}x",
         ])
     return table(["config", "batch", "mmjax params", "open_clip params", "max embedding diff",
-                  "mmjax step ms", "PyTorch step ms", "MFU mmjax / PyTorch", "mmjax speed / PyTorch"], rows)
+                  "mmjax step ms (devices)", "mmjax on one device ms", "PyTorch step ms",
+                  "MFU mmjax / PyTorch", "mmjax speed / PyTorch", "one device / PyTorch"], rows)
 
 
 def section_allocator(r: dict) -> str:

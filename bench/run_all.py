@@ -70,28 +70,36 @@ def suite_step(results: dict) -> None:
 
 
 def suite_peer(results: dict) -> None:
-    """Alternating runs: mmjax, peer, mmjax, peer, ...; each run's median step, then the median
-    over runs; the ratio of those is reported."""
+    """Alternating runs: mmjax (one device per core, as train.py runs), mmjax on one device over
+    both cores (--cpu_devices 1), peer, and again; each run's median step, then the median over
+    runs; the ratio of those is reported."""
     rows = []
     for config, overrides, steps in STEP_CASES:
         name = os.path.basename(config)
         if name != "clip_s16.py":
             overrides = {**overrides, **OPEN_CLIP_FORM}
-        mmjax_runs, peer_runs = [], []
+        mmjax_runs, one_device_runs, peer_runs = [], [], []
         for _ in range(PEER_ROUNDS[name]):
             mmjax_runs.append(_step(config, overrides, steps))
+            one_device_runs.append(run("step.py", "--config", config, "--steps", str(steps),
+                                       "--cpu_devices", "1", *_sets(overrides)))
             peer_runs.append(run("peer.py", "--config", config, "--steps", str(steps), *_sets(overrides)))
         mmjax_s = statistics.median(r["step_s"] for r in mmjax_runs)
+        one_device_s = statistics.median(r["step_s"] for r in one_device_runs)
         peer_s = statistics.median(r["step_s"] for r in peer_runs)
         rows.append({
             "config": name, "batch_size": mmjax_runs[0]["batch_size"],
             "mmjax_parameters": mmjax_runs[0]["parameters"], "peer_parameters": peer_runs[0]["parameters"],
             "max_embedding_diff": peer_runs[0]["max_embedding_diff"], "threads": peer_runs[0]["threads"],
+            "mmjax_devices": mmjax_runs[0]["devices"],
             "mmjax_step_s": mmjax_s, "peer_step_s": peer_s, "speedup": peer_s / mmjax_s,
+            "mmjax_one_device_step_s": one_device_s, "speedup_one_device": peer_s / one_device_s,
             "mmjax_runs": [r["step_s"] for r in mmjax_runs], "peer_runs": [r["step_s"] for r in peer_runs],
+            "mmjax_one_device_runs": [r["step_s"] for r in one_device_runs],
             "flops_analytic": mmjax_runs[0]["flops_analytic"], "versions": peer_runs[0]["versions"],
         })
-        print(f"  peer {name}: mmjax {mmjax_s:.3f} s, peer {peer_s:.3f} s", file=sys.stderr, flush=True)
+        print(f"  peer {name}: mmjax {mmjax_s:.3f} s (one device {one_device_s:.3f} s), peer {peer_s:.3f} s",
+              file=sys.stderr, flush=True)
     results["peer"] = rows
 
 

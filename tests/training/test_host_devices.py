@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from mmjax.training.host_devices import AUTO, cpu_device_count
+from tests.training.test_loop import run_train_py
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -65,11 +66,7 @@ def test_a_device_count_forced_in_xla_flags_wins():
 
 
 def test_train_py_rejects_a_device_count_that_does_not_split_the_batch(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/clip_tiny.py"),
-         "--workdir", str(tmp_path / "x"), "--cpu_devices=3"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )
+    proc = run_train_py(tmp_path / "x", "--cpu_devices=3")
     assert proc.returncode != 0
     assert "--cpu_devices=3 does not divide config.batch_size=256" in proc.stderr
     assert not (tmp_path / "x").exists()  # refused before anything was written

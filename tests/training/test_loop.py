@@ -45,6 +45,16 @@ def tiny_config(data_dir, num_steps=6, **overrides):
     return config
 
 
+def run_train_py(workdir, *flags: str) -> subprocess.CompletedProcess:
+    """`python train.py --config configs/clip_tiny.py --workdir <workdir> <flags>`, its output
+    captured: for the command line's own checks, which fail before any training."""
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/clip_tiny.py"),
+         "--workdir", str(workdir), *flags],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
@@ -131,10 +141,6 @@ def test_short_run_beats_chance_by_a_wide_margin(data_dir, tmp_path):
 
 
 def test_config_typo_on_the_command_line_names_the_key(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/clip_tiny.py"),
-         "--workdir", str(tmp_path / "x"), "--config.batch_sise=8"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )
+    proc = run_train_py(tmp_path / "x", "--config.batch_sise=8")
     assert proc.returncode != 0
     assert "batch_sise" in proc.stderr
