@@ -17,8 +17,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder holding checkpoints/
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-host runs (mmjax/training/distributed.py): a single process needs none of these flags.
 _JOIN_RUN = distributed.define_flags()
-# On a CPU: one XLA device per core (mmjax/training/host_devices.py); --cpu_devices=1 turns it off.
-_SPLIT_CPU = host_devices.define_flags()
+# One CPU device over every core by default: evaluation runs its batches on replicated parameters,
+# which one device computes with all cores; --cpu_devices=-1 splits the host as train.py does.
+_SPLIT_CPU = host_devices.define_flags(default=1)
 
 
 def main(argv):

@@ -57,7 +57,7 @@ def hlo_dots(hlo: str) -> dict[str, tuple[float, str]]:
         for line in lines:
             c = re.search(r"= \w+\[([\d,]*)\]\S* convolution\(%[\w.\-]+, %([\w.\-]+)\).*?"
                           r"dim_labels=\w+_(\w+)->", line)
-            if c:  # the patch embedding: 2 · output elements · kernel elements per output feature
+            if c:  # a convolution (ConvStem): 2 · output elements · kernel elements per output feature
                 rhs = _dims(shapes.get(c.group(2), ""))
                 per_output = np.prod(rhs) // rhs[c.group(3).index("o")]
                 flops += 2.0 * np.prod(_dims(c.group(1))) * per_output

@@ -85,9 +85,10 @@ def split_cpu_host_like_train(config_path: str, cpu_devices: int, overrides: dic
     """Splits JAX's CPU backend into devices as `train.py --cpu_devices` does (default: one per
     core, fitted to the batch), so the benchmarks time the step that training runs. A device
     count forced in XLA_FLAGS (bench/runner.py's `devices`) wins."""
-    from mmjax.training.host_devices import cpu_device_count, split_cpu_host
+    from mmjax.training.host_devices import config_fits, cpu_device_count, split_cpu_host
 
-    split_cpu_host(cpu_device_count(cpu_devices, load_config(config_path, **overrides).batch_size))
+    config = load_config(config_path, **overrides)
+    split_cpu_host(cpu_device_count(cpu_devices, config.batch_size, fits=config_fits(config)))
 
 
 def step_cli(measure_fn, description: str, describe, jax_step: bool = True) -> None:

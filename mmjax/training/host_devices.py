@@ -10,8 +10,8 @@ the program's meaning global, so the loss, the metrics and every batch-wide oper
 contrastive similarity matrix, hard-negative mining) are the same function of the same global
 batch; only the order of floating-point sums differs.
 
-Measured on a 2-core CPU (BENCHMARKS.md): clip_tiny's train step 349 -> 290 ms, clip_small's
-2.83 -> 2.61 s.
+Measured on a 2-core CPU (BENCHMARKS.md, alternating runs): clip_tiny's train step 357 -> 291 ms,
+clip_small's 2.81 -> 2.59 s, clip_s16's 10.6 -> 9.2 s.
 
 It has to be decided before JAX creates its CPU backend (`jax_num_cpu_devices` and XLA's flags
 are read once, then), so entry points call `split_cpu_host` first thing, from their
@@ -22,12 +22,21 @@ which training does not use.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 
 import jax
 
+from mmjax.training.sharding import BATCH_AXES, mesh_shape
+
 # Auto: the flag's default. One device per core, fitted to the batch.
 AUTO = -1
+# Auto splits hosts of up to this many cores. Each device runs on one core, so on a larger host
+# the split would have to be as many devices as cores (each holding a copy of a data-parallel
+# state) to use them all; it has been measured on 2 cores only, and larger hosts keep XLA's one
+# device over every core unless --cpu_devices says otherwise.
+MAX_AUTO_CORES = 8
 
 
 def available_cores() -> int:
@@ -38,16 +47,35 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_device_count(requested: int, batch_size: int, cores: int | None = None) -> int:
+def config_fits(config, num_processes: int = 1) -> Callable[[int], bool]:
+    """Whether n CPU devices per process suit `config`: its mesh (`config.mesh`) spans all of
+    them, and each microbatch (`config.grad_accum_steps`) splits evenly over the batch shards."""
+    def fits(n: int) -> bool:
+        try:
+            sizes = mesh_shape(config.mesh, n * num_processes)
+        except ValueError:
+            return False
+        shards = math.prod(sizes[axis] for axis in BATCH_AXES)
+        return (math.prod(sizes.values()) == n * num_processes
+                and config.batch_size % (config.get("grad_accum_steps", 1) * shards) == 0)
+    return fits
+
+
+def cpu_device_count(requested: int, batch_size: int, cores: int | None = None,
+                     fits: Callable[[int], bool] | None = None) -> int:
     """How many CPU devices to make.
 
-    requested: AUTO (-1) for one per core, fitted to the batch: the largest count <= cores that
-      divides `batch_size` (every device gets the same number of rows); 0 or 1 for XLA's default,
-      one device over every core; n > 1 for exactly n (the batch must split evenly).
+    requested: AUTO (-1) for one per core on hosts of up to MAX_AUTO_CORES cores, fitted to the
+      batch: the largest count <= cores that divides `batch_size` (every device gets the same
+      number of rows) and that `fits` accepts (see `config_fits`); 0 or 1 for XLA's default, one
+      device over every core; n > 1 for exactly n (the batch must split evenly).
     """
     cores = available_cores() if cores is None else cores
     if requested == AUTO:
-        return max(d for d in range(1, max(cores, 1) + 1) if batch_size % d == 0)
+        if cores > MAX_AUTO_CORES:
+            return 1
+        return max(d for d in range(1, max(cores, 1) + 1)
+                   if batch_size % d == 0 and (d == 1 or fits is None or fits(d)))
     if requested < AUTO:
         raise ValueError(f"--cpu_devices must be -1 (one per core), 0/1 (one device) or a count > 1; got {requested}")
     if requested > 1 and batch_size % requested:
@@ -75,20 +103,21 @@ def split_cpu_host(num_devices: int) -> bool:
     return True
 
 
-def define_flags():
+def define_flags(default: int = AUTO):
     """Defines --cpu_devices (absl) for an entry point; returns `apply(config, num_processes)`,
     which splits the host for this process's share of `config.batch_size` (see `split_cpu_host`).
     num_processes None (a cluster that JAX detects: TPU pods, GPU clusters) leaves it alone."""
     from absl import flags
 
     cpu_devices = flags.DEFINE_integer(
-        "cpu_devices", AUTO,
+        "cpu_devices", default,
         "CPU devices to split this host into: -1 one per core (fitted to the batch), 0 or 1 one "
         "device over every core (XLA's default), n exactly n. Only JAX's CPU backend is affected.")
 
     def apply(config, num_processes: int | None = 1) -> None:
         if num_processes is None:
             return
-        split_cpu_host(cpu_device_count(cpu_devices.value, config.batch_size // num_processes))
+        split_cpu_host(cpu_device_count(cpu_devices.value, config.batch_size // num_processes,
+                                        fits=config_fits(config, num_processes)))
 
     return apply

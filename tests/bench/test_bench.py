@@ -61,6 +61,7 @@ def test_peer_is_the_same_model(path, overrides):
     assert check_same_function(task, params, model, batch) < 1e-5
 
 
+@pytest.mark.slow  # ~13 s; `make bench` runs the same code on every config
 def test_step_benchmark_measures_a_real_step():
     from bench.step import measure
 

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from mmjax.training.host_devices import AUTO, cpu_device_count
+import ml_collections
+
+from mmjax.training.host_devices import AUTO, MAX_AUTO_CORES, config_fits, cpu_device_count
 from tests.training.test_loop import run_train_py
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,13 +18,30 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
     (2, 256, 2),   # one per core
     (8, 256, 8),
     (6, 256, 4),   # the largest count <= cores that splits the batch evenly
-    (48, 256, 32),
+    (MAX_AUTO_CORES, 256, MAX_AUTO_CORES),
+    (MAX_AUTO_CORES + 1, 256, 1),  # larger hosts keep one device over every core
     (4, 6, 3),
     (2, 7, 1),     # an odd batch stays on one device
     (1, 256, 1),
 ])
 def test_auto_is_one_device_per_core_fitted_to_the_batch(cores, batch, expected):
     assert cpu_device_count(AUTO, batch, cores=cores) == expected
+
+
+def test_auto_fits_the_mesh_and_the_microbatches():
+    config = ml_collections.ConfigDict(dict(batch_size=24, grad_accum_steps=1,
+                                            mesh=dict(data=-1, fsdp=1, tensor=1)))
+    assert cpu_device_count(AUTO, 24, cores=8, fits=config_fits(config)) == 8
+    config.grad_accum_steps = 6  # microbatches of 4 rows: at most 4 devices
+    assert cpu_device_count(AUTO, 24, cores=8, fits=config_fits(config)) == 4
+    config.grad_accum_steps = 1
+    config.mesh = dict(data=-1, fsdp=1, tensor=3)  # tensor parallelism over 3 devices
+    assert cpu_device_count(AUTO, 24, cores=8, fits=config_fits(config)) == 6
+    config.mesh = dict(data=1, fsdp=1, tensor=1)  # a fixed one-device mesh would leave cores idle
+    assert cpu_device_count(AUTO, 24, cores=8, fits=config_fits(config)) == 1
+    # Two processes: each splits for its half of the batch, and the mesh spans both.
+    config.mesh = dict(data=-1, fsdp=1, tensor=1)
+    assert cpu_device_count(AUTO, 12, cores=8, fits=config_fits(config, num_processes=2)) == 6
 
 
 def test_explicit_counts_and_their_errors():
@@ -70,3 +89,19 @@ def test_train_py_rejects_a_device_count_that_does_not_split_the_batch(tmp_path)
     assert proc.returncode != 0
     assert "--cpu_devices=3 does not divide config.batch_size=256" in proc.stderr
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_join_prepares_the_host_with_the_process_count_before_joining(monkeypatch):
+    from mmjax.training import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed.jax.distributed, "initialize",
+                        lambda **kw: calls.append(("join", kw.get("num_processes"))))
+    distributed.initialize(prepare=lambda n: calls.append(("prepare", n)))
+    assert calls == [("prepare", 1)]  # a single process: no join
+    calls.clear()
+    distributed.initialize("localhost:1234", 2, 0, prepare=lambda n: calls.append(("prepare", n)))
+    assert calls == [("prepare", 2), ("join", 2)]  # before JAX connects (and starts its backends)
+    calls.clear()
+    distributed.initialize(auto_detect=True, prepare=lambda n: calls.append(("prepare", n)))
+    assert calls == [("prepare", None), ("join", None)]  # the cluster says how many, later

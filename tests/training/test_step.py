@@ -279,6 +279,8 @@ def test_grad_accum_steps_in_the_config_trains_like_the_big_batch(one_device_run
     assert_trees_close(state2.params, state1.params)
 
 
+# Slow (two compiles, ~30 s): freezing itself stays in the default run through the LiT tests.
+@pytest.mark.slow
 def test_logged_gradient_norm_leaves_out_frozen_parameters():
     from mmjax.training.freeze import trained_only
     from mmjax.training.step import loss_and_grads
