@@ -85,10 +85,9 @@ def split_cpu_host_like_train(config_path: str, cpu_devices: int, overrides: dic
     """Splits JAX's CPU backend into devices as `train.py --cpu_devices` does (default: one per
     core, fitted to the batch), so the benchmarks time the step that training runs. A device
     count forced in XLA_FLAGS (bench/runner.py's `devices`) wins."""
-    from mmjax.training.host_devices import config_fits, cpu_device_count, split_cpu_host
+    from mmjax.training.host_devices import split_for_config
 
-    config = load_config(config_path, **overrides)
-    split_cpu_host(cpu_device_count(cpu_devices, config.batch_size, fits=config_fits(config)))
+    split_for_config(load_config(config_path, **overrides), cpu_devices)
 
 
 def step_cli(measure_fn, description: str, describe, jax_step: bool = True) -> None:

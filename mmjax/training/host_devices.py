@@ -103,6 +103,13 @@ def split_cpu_host(num_devices: int) -> bool:
     return True
 
 
+def split_for_config(config, requested: int, num_processes: int = 1) -> bool:
+    """`split_cpu_host` with the count `requested` (the --cpu_devices value) fitted to this
+    process's share of `config.batch_size`, its mesh and its microbatches; returns whether it split."""
+    return split_cpu_host(cpu_device_count(requested, config.batch_size // num_processes,
+                                           fits=config_fits(config, num_processes)))
+
+
 def define_flags(default: int = AUTO):
     """Defines --cpu_devices (absl) for an entry point; returns `apply(config, num_processes)`,
     which splits the host for this process's share of `config.batch_size` (see `split_cpu_host`).
@@ -115,9 +122,7 @@ def define_flags(default: int = AUTO):
         "device over every core (XLA's default), n exactly n. Only JAX's CPU backend is affected.")
 
     def apply(config, num_processes: int | None = 1) -> None:
-        if num_processes is None:
-            return
-        split_cpu_host(cpu_device_count(cpu_devices.value, config.batch_size // num_processes,
-                                        fits=config_fits(config, num_processes)))
+        if num_processes is not None:
+            split_for_config(config, cpu_devices.value, num_processes)
 
     return apply

@@ -76,6 +76,18 @@ def test_split_makes_single_threaded_devices_before_the_backend_starts():
     assert "--xla_cpu_multi_thread_eigen=false" in flags
 
 
+def test_split_for_config_fits_the_microbatches():
+    code = ("import jax, ml_collections\nfrom mmjax.training.host_devices import split_for_config\n"
+            "config = ml_collections.ConfigDict(dict(batch_size=12, grad_accum_steps={k}, mesh=dict(data=-1)))\n"
+            "print(split_for_config(config, {n}), jax.device_count(), sep='|')")
+    # 2 devices asked for, microbatches of 12/6 = 2 rows split over 2 devices: done.
+    assert _run(code.format(k=6, n=2), xla_flags=None) == "True|2"
+    # Auto on this host (at least 1 core): at most one device per core, never a count that
+    # leaves a microbatch of 1 row split two ways.
+    done, count = _run(code.format(k=12, n=-1), xla_flags=None).split("|")
+    assert (done, count) == ("False", "1")
+
+
 def test_a_device_count_forced_in_xla_flags_wins():
     done, count, flags = _run(SPLIT.format(n=2), "--xla_force_host_platform_device_count=3").split("|")
     assert (done, count) == ("False", "3")
