@@ -8,6 +8,10 @@ CONFIG ?= configs/clip_tiny.py
 WORKDIR ?= runs/$(basename $(notdir $(CONFIG)))
 ARGS ?=
 PYTEST_ARGS ?=
+# Test files run in parallel, one worker per core up to 4 (pytest-xdist; each file's tests stay on
+# one worker, so its module fixtures are built once). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 # tcmalloc, where installed (Debian/Ubuntu: apt-get install libtcmalloc-minimal4), keeps the
 # memory XLA:CPU frees between steps instead of returning it to the kernel: 1.1-1.5x faster CPU
 # training steps (BENCHMARKS.md, "The allocator"). Without it everything runs as before.
@@ -50,13 +54,13 @@ data: install
 	$(PY) -m mmjax.data.build_shapes --data_dir data --config 48
 
 test: install
-	$(RUN) -m pytest -q $(PYTEST_ARGS)
+	$(RUN) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-slow: install
-	$(RUN) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(RUN) -m pytest -q $(XDIST) -m slow $(PYTEST_ARGS)
 
 test-all: install
-	$(RUN) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	$(RUN) -m pytest -q $(XDIST) -m "slow or not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,7 +1,11 @@
-"""Evaluate the latest checkpoint of a run folder.
+"""Evaluate a checkpoint of a run folder: the latest, or the one --step names.
 
     python eval.py --config configs/clip_tiny.py --workdir runs/clip_tiny
     python eval.py --config configs/clip_tiny.py --workdir runs/clip_tiny --config.eval.split=compositional_test
+    python eval.py --config configs/clip_tiny.py --workdir runs/clip_tiny --step 300
+
+It can run while the folder's training job goes on (it takes no lock and moves nothing). A
+damaged checkpoint is named, with the intact steps that --step can evaluate instead.
 
 Prints the results table and writes results.json and the retrieval example grids into the workdir.
 """
@@ -11,9 +15,11 @@ from ml_collections import config_flags
 
 from mmjax.training import distributed, host_devices
 from mmjax.training.evaluate import evaluate_checkpoint
+from mmjax.training.user_errors import one_line_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder holding checkpoints/.")
+_STEP = flags.DEFINE_integer("step", None, "The checkpoint step to evaluate (default: the latest).")
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-host runs (mmjax/training/distributed.py): a single process needs none of these flags.
 _JOIN_RUN = distributed.define_flags()
@@ -28,8 +34,9 @@ def main(argv):
     # Library chatter (Orbax, TFDS) goes to the log only when it is a problem; progress bars and
     # the results table are what a user reads.
     logging.set_verbosity(logging.ERROR)
-    _JOIN_RUN(prepare=lambda num_processes: _SPLIT_CPU(_CONFIG.value, num_processes))
-    evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    with one_line_errors():
+        _JOIN_RUN(prepare=lambda num_processes: _SPLIT_CPU(_CONFIG.value, num_processes))
+        evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
 
 
 if __name__ == "__main__":

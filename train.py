@@ -3,8 +3,10 @@
     python train.py --config configs/clip_tiny.py --workdir runs/clip_tiny
     python train.py --config configs/clip_tiny.py --workdir runs/x --config.num_steps=200 --config.batch_size=128
 
-Running it again on the same --workdir resumes from the latest checkpoint. The run folder gets
-checkpoints/, metrics.jsonl, tensorboard/, config.json, tokenizer.model, results.json and PNG plots.
+Running it again on the same --workdir resumes from the latest checkpoint (the newest intact one,
+if the latest is damaged). The run folder gets checkpoints/, metrics.jsonl, tensorboard/,
+config.json, tokenizer.model, results.json and PNG plots. One job at a time trains a folder: a
+second one refuses at start, naming the job that holds it.
 """
 
 from absl import app, flags, logging
@@ -12,9 +14,14 @@ from ml_collections import config_flags
 
 from mmjax.training import distributed, host_devices
 from mmjax.training.loop import train_and_evaluate
+from mmjax.training.user_errors import one_line_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics and results go here.")
+_ON_DAMAGED = flags.DEFINE_enum(
+    "on_damaged_checkpoint", "fallback", ["fallback", "error"],
+    "A damaged latest checkpoint: move it aside and resume from the newest intact one (fallback), "
+    "or stop with an error naming it (error).")
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-host runs (mmjax/training/distributed.py): a single process needs none of these flags.
 _JOIN_RUN = distributed.define_flags()
@@ -28,8 +35,10 @@ def main(argv):
     # Library chatter (Orbax, TFDS) goes to the log only when it is a problem; progress bars and
     # the results table are what a user reads.
     logging.set_verbosity(logging.ERROR)
-    _JOIN_RUN(prepare=lambda num_processes: _SPLIT_CPU(_CONFIG.value, num_processes))
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    with one_line_errors():
+        _JOIN_RUN(prepare=lambda num_processes: _SPLIT_CPU(_CONFIG.value, num_processes))
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                           fall_back_to_intact=_ON_DAMAGED.value == "fallback")
 
 
 if __name__ == "__main__":

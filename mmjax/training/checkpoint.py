@@ -1,8 +1,9 @@
 """Checkpoints with Orbax: the train state, the data iterator's position and the config, together.
 
-    workdir/checkpoints/<step>/state    the TrainState (params, optimizer state, step, rng)
-                               /data    the grain iterator state (which examples come next)
-                               /config  the resolved config, as JSON
+    workdir/checkpoints/<step>/state      the TrainState (params, optimizer state, step, rng)
+                               /data       the grain iterator state (which examples come next)
+                               /config     the resolved config, as JSON
+                               /integrity  a checksum of every array of the state, as JSON
 
 Saving the data position with the state is what makes a resume *exact*: the run continues with the
 batch it would have seen, not with a reshuffled epoch. Saves are asynchronous (training goes on
@@ -17,25 +18,66 @@ Restoring takes the *abstract* state (shapes, dtypes and shardings, from `jax.ev
 arrays come back directly onto the mesh with the shardings the train step expects. If the saved
 parameters do not match the model being restored (a changed config), the error names the first
 mismatched parameter and both shapes.
+
+A complete checkpoint can still be damaged later: a file truncated or overwritten on disk, a bad
+copy between buckets. A restore checks, in order, and raises `CheckpointDamaged` (naming the step
+and what is wrong) when any check fails:
+  1. Orbax's metadata can be read (the tree structure, shapes and dtypes of the saved arrays);
+  2. every array can be read back (TensorStore reports truncated and missing files here);
+  3. every restored array has the shape and dtype that the metadata and the model expect;
+  4. its values have the checksum that was computed on the device when it was saved. Orbax keeps
+     no checksum of the values, and a flipped bit in an uncompressed chunk reads back without an
+     error; `fingerprints` is a 32-bit hash of each array's bits and positions, computed by one
+     small jitted reduction over the (sharded) arrays, so it costs no transfer to the host.
+The training loop then falls back to the newest intact checkpoint and moves the damaged one aside
+(`move_aside`, never deleted); `eval.py` names the intact steps instead.
+
+A save that fails (a full disk, a quota, a permission) raises `CheckpointSaveFailed` naming the
+folder, the space a checkpoint of this run takes and the space that is free.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import glob
 import json
 import os
+import shutil
 from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+DAMAGED_FOLDER = "damaged_checkpoints"  # beside checkpoints/: where damaged steps are moved
+
+
+class CheckpointDamaged(RuntimeError):
+    """A complete checkpoint that cannot be read back as it was written."""
+
+    def __init__(self, directory: str, step: int, reason: str):
+        self.directory, self.step, self.reason = directory, step, reason
+        super().__init__(f"checkpoint {step} in {directory} is damaged: {reason}")
+
+
+class CheckpointSaveFailed(RuntimeError):
+    """Writing a checkpoint failed for lack of space or permission; the message says what to do."""
 
 
 class Checkpointer:
     """Saves and restores (state, data iterator, config) under `directory`."""
 
-    def __init__(self, directory: str, keep: int = 3, async_save: bool = True, delete_unfinished: bool = False):
-        """`delete_unfinished` removes the temporary folders of saves that a crash interrupted."""
+    def __init__(self, directory: str, keep: int = 3, async_save: bool = True, delete_unfinished: bool = False,
+                 abstract_state: Any = None):
+        """`delete_unfinished` removes the temporary folders of saves that a crash interrupted.
+        `abstract_state` (the state's shapes, dtypes and shardings), when given, lets a failed save
+        size a checkpoint and check the ones that remain."""
         self.directory = os.path.abspath(directory)
+        self.abstract_state = abstract_state
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -48,43 +90,161 @@ class Checkpointer:
                 "state": ocp.StandardCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(),
+                "integrity": ocp.JsonCheckpointHandler(),
             },
         )
+        self._saving: int | None = None  # the step of the save that may still be in flight
+
+    @property
+    def damaged_directory(self) -> str:
+        """Where `move_aside` puts damaged checkpoints: `<run>/damaged_checkpoints`."""
+        return os.path.join(os.path.dirname(self.directory), DAMAGED_FOLDER)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state: Any, data_iterator: Any, config_json: str, force: bool = False) -> bool:
-        """Starts saving; returns at once (async). Call `wait()` before the process exits."""
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-                config=ocp.args.JsonSave(json.loads(config_json)),
-            ),
-            force=force,
-        )
+        """Starts saving; returns at once (async). Call `wait()` before the process exits.
+
+        A failed save of an earlier step surfaces here (Orbax reports it when the next one starts):
+        for lack of space or permission, as `CheckpointSaveFailed`.
+        """
+        integrity = {"fingerprints": fingerprints(state)}
+        try:
+            started = self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(data_iterator),
+                    config=ocp.args.JsonSave(json.loads(config_json)),
+                    integrity=ocp.args.JsonSave(integrity),
+                ),
+                force=force,
+            )
+        except Exception as error:
+            self._raise_if_storage_error(error, self._saving if self._saving is not None else step)
+            raise
+        self._saving = step
+        return started
 
     def restore(self, abstract_state: Any, data_iterator: Any | None, step: int | None = None) -> Any:
-        """Restores the state (with the shardings in `abstract_state`) and, in place, the iterator."""
+        """Restores the state (with the shardings in `abstract_state`) and, in place, the iterator.
+
+        Raises ValueError if the checkpoint was written by another model or optimizer (the message
+        names the difference), CheckpointDamaged if it cannot be read back as it was written.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        check_compatible(self.saved_state_shapes(step), abstract_state)
+        try:
+            saved = self._saved_state_metadata(step)
+        except Exception as error:
+            raise CheckpointDamaged(self.directory, step, f"its metadata cannot be read ({_first_line(error)})")
+        check_compatible({name: shape for name, (shape, _) in saved.items()}, abstract_state)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"]
+        checked = os.path.isdir(os.path.join(self.directory, str(step), "integrity"))
+        if checked:  # checkpoints written before checksums existed are checked for shapes only
+            items["integrity"] = ocp.args.JsonRestore()
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as error:
+            raise CheckpointDamaged(self.directory, step, f"reading it failed ({_first_line(error)})")
+        state = restored["state"]
+        problem = _shape_problem(state, abstract_state, saved)
+        if problem is None and checked:
+            problem = checksum_problem(state, restored["integrity"].get("fingerprints", {}))
+        if problem is not None:
+            raise CheckpointDamaged(self.directory, step, problem)
+        return state
+
+    def restore_newest_intact(self, abstract_state: Any, data_iterator: Any | None,
+                              fallback: bool = True) -> tuple[int, Any, list[CheckpointDamaged]]:
+        """Restores the newest checkpoint that passes every check.
+
+        With `fallback`, damaged newer checkpoints are moved aside (see `move_aside`) and the next
+        older one is tried; without, the first damage is raised. If none is intact, nothing is
+        moved and the damage of the newest is raised, with the others' steps.
+
+        Returns (step, state, the damage found in the newer checkpoints, newest first).
+        """
+        damaged: list[CheckpointDamaged] = []
+        for step in reversed(self.all_steps()):
+            damage = None
+            try:
+                state = self.restore(abstract_state, data_iterator, step)
+            except CheckpointDamaged as error:
+                damage = error
+            # Every process must take the same checkpoint (their shards make one state).
+            if not _everyone(damage is None) and damage is None:
+                damage = CheckpointDamaged(self.directory, step, "another process of this run could not read it")
+            if damage is None:
+                for earlier in damaged:
+                    self.move_aside(earlier.step)
+                return step, state, damaged
+            if not fallback:
+                raise damage
+            damaged.append(damage)
+        if not damaged:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        others = ", ".join(str(d.step) for d in damaged[1:])
+        raise CheckpointDamaged(
+            self.directory, damaged[0].step,
+            f"{damaged[0].reason}; no older checkpoint is intact either ({others or 'there is none'})",
+        )
+
+    def intact_steps(self, abstract_state: Any, steps: list[int] | None = None) -> list[int]:
+        """The steps among `steps` (default: all) that restore and pass every check, newest first."""
+        intact = []
+        for step in sorted(self.all_steps() if steps is None else steps, reverse=True):
+            try:
+                self.restore(abstract_state, None, step)
+            except CheckpointDamaged:
+                continue
+            intact.append(step)
+        return intact
+
+    def move_aside(self, step: int) -> str:
+        """Moves a damaged checkpoint to `<run>/damaged_checkpoints/<step>.<time>/`; returns that path.
+
+        Kept, not deleted: it may be repaired, copied again from elsewhere, or inspected. Process 0
+        moves it; every process then sees the checkpoints without it.
+        """
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        target = os.path.join(self.damaged_directory, f"{step}.{stamp}")
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.rename(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"mmjax checkpoint {step} moved aside")
+        self.manager.reload()
+        return target
 
     def saved_state_shapes(self, step: int) -> dict[str, tuple]:
         """{"params/a/b/kernel": shape} of the state saved at `step` (from metadata, no arrays read)."""
+        return {name: shape for name, (shape, _) in self._saved_state_metadata(step).items()}
+
+    def saved_state_dtypes(self, step: int) -> dict[str, Any]:
+        """{"params/a/b/kernel": dtype} of the state saved at `step` (from metadata)."""
+        return {name: dtype for name, (_, dtype) in self._saved_state_metadata(step).items()}
+
+    def saved_fingerprints(self, step: int) -> dict[str, int] | None:
+        """The checksums saved with checkpoint `step` (None for a checkpoint written without them)."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), "integrity")):
+            return None
+        restored = self.manager.restore(step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore()))
+        return restored["integrity"].get("fingerprints", {})
+
+    def _saved_state_metadata(self, step: int) -> dict[str, tuple[tuple, Any]]:
         metadata = self.manager.item_metadata(step)["state"]
         if metadata is None:
             raise FileNotFoundError(f"checkpoint {step} in {self.directory} has no readable state")
         return {
-            _path_name(path): tuple(leaf.shape)
+            _path_name(path): (tuple(leaf.shape), getattr(leaf, "dtype", None))
             for path, leaf in jax.tree_util.tree_leaves_with_path(metadata)
             if hasattr(leaf, "shape")
         }
@@ -94,10 +254,192 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the save in flight (a failure to write it raises CheckpointSaveFailed)."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            if self._saving is not None:
+                self._raise_if_storage_error(error, self._saving)
+            raise
 
     def close(self) -> None:
         self.manager.close()
+
+    def _raise_if_storage_error(self, error: BaseException, step: int) -> None:
+        """Turns a failure to write (space, quota, permission, read-only) into CheckpointSaveFailed,
+        whose message says how much space a checkpoint takes, how much is free, and which
+        checkpoint the next run will resume from (checked now, so that the user knows before
+        freeing space whether the run can go on)."""
+        reason = storage_error(error)
+        if reason is None:
+            return
+        # The unfinished save's files take space too: they go (the next run would delete them).
+        for unfinished in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+            shutil.rmtree(unfinished, ignore_errors=True)
+        self._saving = None
+        free = shutil.disk_usage(self.directory).free if os.path.isdir(self.directory) else 0
+        self.manager.reload()
+        previous = [s for s in self.all_steps() if s != step]
+        # The last complete checkpoint's size on disk, or its arrays and Orbax's metadata (about
+        # a quarter more for a small state, measured) when this was the first save.
+        size = (_folder_bytes(os.path.join(self.directory, str(previous[-1]))) if previous
+                else int(1.25 * _tree_bytes(self.abstract_state)) + 2**17)
+        message = (f"saving checkpoint {step} into {self.directory} failed: {reason}. A checkpoint of this "
+                   f"run takes about {_megabytes(size)}; {_megabytes(free)} are free there. Free space (or fix "
+                   "the permission) and run the same command again, or train into another --workdir.")
+        if self.abstract_state is not None:
+            reader = Checkpointer(self.directory, async_save=False)
+            try:
+                intact = reader.intact_steps(self.abstract_state, previous)
+            finally:
+                reader.close()
+            message += (f" It will resume from checkpoint {intact[0]}, checked intact." if intact else
+                        " No intact checkpoint is left: it will start from scratch.")
+        raise CheckpointSaveFailed(message) from error
+
+
+def fingerprints(tree: Any) -> dict[str, int]:
+    """{"params/a/b/kernel": hash} for every array of `tree`: a 32-bit hash of its bits and positions.
+
+    For an array x with n elements, bits(x_i) its i-th element's bits (row-major) as uint32:
+
+        hash(x) = sum_i mix(bits(x_i) * 0x9E3779B1 + i * 0x85EBCA77)   (mod 2^32)
+
+    where `mix` is Murmur3's finaliser, so a flipped bit or two swapped elements changes the hash
+    (a random corruption goes unnoticed with probability 2^-32). A sum of integers modulo 2^32 is
+    exact in any order, so the hash does not depend on how the array is sharded or reduced.
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    hashes = jax.device_get(_fingerprint_arrays([leaf for _, leaf in leaves]))
+    return {_path_name(path): int(value) for (path, _), value in zip(leaves, hashes)}
+
+
+@jax.jit
+def _fingerprint_arrays(arrays: list[jax.Array]) -> list[jax.Array]:
+    return [_fingerprint(x) for x in arrays]
+
+
+def _fingerprint(x: jax.Array) -> jax.Array:
+    bits = _as_uint32(x)
+    # The row-major index of every element, from iotas: a reshape to one axis could gather a
+    # sharded array onto one device.
+    index = jnp.zeros(bits.shape, jnp.uint32)
+    for axis in range(bits.ndim):
+        stride = int(np.prod(bits.shape[axis + 1:], dtype=np.int64)) % 2**32
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis) * jnp.uint32(stride)
+    h = bits * jnp.uint32(0x9E3779B1) + index * jnp.uint32(0x85EBCA77)
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+    h = h ^ (h >> 16)
+    return jnp.sum(h, dtype=jnp.uint32)
+
+
+def _as_uint32(x: jax.Array) -> jax.Array:
+    x = jnp.asarray(x)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}.get(x.dtype.itemsize)
+    if unsigned is None:  # 8-byte types: two uint32 words per element
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _shape_problem(state: Any, abstract_state: Any, saved: dict[str, tuple[tuple, Any]]) -> str | None:
+    """What is wrong with the restored arrays' shapes and dtypes, or None."""
+    restored = {_path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(state)}
+    for path, wanted in jax.tree_util.tree_leaves_with_path(abstract_state):
+        name = _path_name(path)
+        leaf = restored.get(name)
+        if leaf is None:
+            return f"{name} is missing from the restored state"
+        if tuple(leaf.shape) != tuple(wanted.shape) or leaf.dtype != wanted.dtype:
+            return (f"{name} came back as {leaf.dtype}{list(leaf.shape)}, not the "
+                    f"{wanted.dtype}{list(wanted.shape)} that the model expects")
+        saved_shape, saved_dtype = saved.get(name, (tuple(wanted.shape), None))
+        if saved_dtype is not None and np.dtype(saved_dtype) != np.dtype(wanted.dtype):
+            return f"{name} was saved as {saved_dtype} but the model expects {wanted.dtype}"
+    return None
+
+
+def checksum_problem(tree: Any, saved: dict[str, int], prefix: str = "",
+                     saved_dtypes: dict[str, Any] | None = None) -> str | None:
+    """Names the first array of `tree` whose values do not have the checksum saved for it, or None.
+
+    `saved` maps names (`prefix` + the array's path in `tree`) to `fingerprints`; arrays without a
+    saved checksum are not checked, nor, given `saved_dtypes`, arrays restored in another dtype.
+    """
+    dtypes = {_path_name(path): leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    for name, value in fingerprints(tree).items():
+        full = prefix + name
+        if full not in saved:
+            continue
+        if saved_dtypes is not None and np.dtype(saved_dtypes.get(full, dtypes[name])) != np.dtype(dtypes[name]):
+            continue
+        if int(saved[full]) != value:
+            return f"the values of {full} do not match the checksum written with them"
+    return None
+
+
+def _everyone(ok: bool) -> bool:
+    """Whether every process of the run got `ok` (True in a single process: it is the only one)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                   errno.EROFS: "the filesystem is read-only"}
+_STORAGE_MESSAGES = {"no space left": errno.ENOSPC, "disk quota": errno.EDQUOT, "permission denied": errno.EACCES,
+                     "read-only file system": errno.EROFS}
+
+
+def storage_error(error: BaseException | str | None) -> str | None:
+    """The storage problem behind `error` (walking its causes), or None for any other error.
+
+    Orbax and TensorStore re-raise an OSError of the filesystem as their own exception types with
+    the OS message in the text ("... [OS error 28: No space left on device]"), so both the errno and
+    the text are read. A string is read as an error message.
+    """
+    if isinstance(error, str):
+        error = OSError(error)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+            return _STORAGE_ERRNOS[error.errno]
+        text = str(error).lower()
+        for pattern, number in _STORAGE_MESSAGES.items():
+            if pattern in text:
+                return _STORAGE_ERRNOS[number]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """The message of the innermost exception behind `error`, on one line: Orbax wraps TensorStore's
+    precise message ('OUT_OF_RANGE: Error reading "params.w/0.0" ... byte range ... not valid')
+    in a generic one."""
+    seen = set()
+    while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+def _tree_bytes(tree: Any) -> int:
+    return sum(int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree))
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 def _path_name(path: tuple) -> str:

@@ -9,13 +9,20 @@ the metrics of the steps since the last log (and checks them for NaN). Batches a
 loader threads while the device computes.
 
 What goes wrong, and what happens then:
+  - A second job on the same run folder: it refuses at start, before writing anything, naming the
+    job that holds the folder (`run_lock`); a lock left by a job that died is taken over.
   - Preemption (SIGTERM from a scheduler, or Ctrl-C): the step in flight finishes, a checkpoint of
     it is saved, the loop returns and the process exits 0; the next run resumes from it
     (`PreemptionWatch`, which also keeps several processes stopping at the same step).
   - A crash (`kill -9`, a lost machine): nothing is done at the time; the next run resumes from the
     last complete checkpoint, with the data position and RNG saved in it, and ends with the same
     parameters, bit for bit, as a run that was never interrupted. A save cut short never damages
-    the checkpoint before it (see `checkpoint`).
+    the checkpoint before it (see `checkpoint`), and the metrics log keeps whole lines of the steps
+    that the final state went through (`metric_writer`).
+  - A damaged checkpoint (a truncated file, values that fail their checksum): it is moved aside and
+    the newest intact one resumed, with a warning (`fall_back_to_intact=False`: an error).
+  - A save that fails (disk full, quota, permission): the run stops naming the folder, the space a
+    checkpoint needs and the space that is free, and the checkpoint it will resume from, checked.
   - NaN or Inf in the loss or the gradient norm: every step is checked before any checkpoint is
     written, and the run stops naming the first bad step and metric (`NonFiniteGuard`); with
     `config.optimizer.skip_nonfinite_steps = N` such steps are skipped and counted instead, and the
@@ -24,11 +31,13 @@ What goes wrong, and what happens then:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -46,6 +55,7 @@ from mmjax.training import sharding as shd
 from mmjax.training.checkpoint import Checkpointer
 from mmjax.training.metric_writer import MetricWriter
 from mmjax.training.optimizer import skipped_step_counts
+from mmjax.training.run_lock import RunFolderLocked, RunLock
 from mmjax.training.setup import config_to_json, setup_training
 from mmjax.training.state import count_params
 
@@ -181,14 +191,55 @@ class PreemptionWatch:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None
+    config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None,
+    fall_back_to_intact: bool = True,
 ) -> dict[str, Any] | None:
     """Trains `config` in `workdir` (resuming if it holds checkpoints), evaluates, writes artifacts.
 
     `stop_after` ends the run after that step with a checkpoint and no evaluation, exactly as an
     interrupted run would end; calling again resumes it. SIGTERM and Ctrl-C end it the same way
-    after the step in flight. Returns the final evaluation results (None when stopped early).
+    after the step in flight. A damaged latest checkpoint is moved aside and the newest intact one
+    resumed, with a warning; `fall_back_to_intact=False` makes it an error instead. Returns the
+    final evaluation results (None when stopped early).
+
+    The run folder is locked for the whole call (see `run_lock`): a second job on the same folder
+    raises RunFolderLocked before anything is written.
     """
+    with contextlib.ExitStack() as cleanup:  # on any exit: files closed, then the lock released
+        lock = hold_run_folder(workdir)
+        if lock is not None:
+            cleanup.callback(lock.release)
+        return _train_and_evaluate(config, workdir, stop_after, fall_back_to_intact, cleanup)
+
+
+def hold_run_folder(workdir: str) -> RunLock | None:
+    """Locks `workdir` for this job: process 0 takes the lock for every process of the job.
+
+    Every process learns whether process 0 got it and raises RunFolderLocked if not, so that a
+    refused multi-process job stops everywhere instead of training without process 0. Returns the
+    lock process 0 holds (None in the others).
+    """
+    lock, refusal = None, None
+    if jax.process_index() == 0:
+        lock = RunLock(workdir)
+        try:
+            lock.acquire()
+        except RunFolderLocked as error:
+            lock, refusal = None, error
+    if jax.process_count() > 1:
+        held = bool(multihost_utils.process_allgather(np.int32(refusal is None))[0])
+        if not held and refusal is None:
+            refusal = RunFolderLocked(f"{os.path.abspath(workdir)} is in use by another training job "
+                                      "(process 0 of this job found it locked; its output names the holder)")
+    if refusal is not None:
+        raise refusal
+    return lock
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, stop_after: int | None, fall_back_to_intact: bool,
+    cleanup: contextlib.ExitStack,
+) -> dict[str, Any] | None:
     is_main = jax.process_index() == 0
     # --- Set up the run folder -------------------------------------------------------------------
     os.makedirs(workdir, exist_ok=True)
@@ -218,11 +269,18 @@ def train_and_evaluate(
     )
 
     # The folders of saves that a crash cut short are deleted here; they were never "latest".
+    # Knowing the state's shapes, a failed save can check the checkpoints that remain.
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, delete_unfinished=True
+        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, delete_unfinished=True,
+        abstract_state=abstract_state,
     )
     if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(abstract_state, train_iter)
+        # A damaged checkpoint (unreadable, truncated, values that fail their checksum) is moved
+        # aside and the one before it resumed; the lost steps are trained again.
+        _, state, damaged = checkpointer.restore_newest_intact(abstract_state, train_iter, fall_back_to_intact)
+        for damage in damaged:
+            print(f"Warning: {damage}. Moved it to {checkpointer.damaged_directory}/ and resumed from "
+                  "the newest intact checkpoint.", file=sys.stderr)
         print(f"Resumed from {checkpointer.directory} at step {int(state.step)}.")
     else:
         state = init_fn()
@@ -232,7 +290,7 @@ def train_and_evaluate(
               f"global batch {config.batch_size}.")
 
     # --- Train ------------------------------------------------------------------------------------
-    writer = MetricWriter(workdir)
+    writer = cleanup.enter_context(MetricWriter(workdir, start_step))
     skip_limit = config.optimizer.get("skip_nonfinite_steps", 0)
     skip_counts = skipped_step_counts(state.opt_state)  # None when skipping is off
     guard = NonFiniteGuard(skip_limit, int(skip_counts[0]) if skip_counts else 0, start_step + 1)
@@ -288,23 +346,22 @@ def train_and_evaluate(
         # passed the NaN check) is completed rather than left half-written.
         preemption.restore()
         bar.close()
-        checkpointer.wait()
-        checkpointer.close()
+        try:
+            checkpointer.wait()  # a save that failed to write raises here (CheckpointSaveFailed)
+        finally:
+            checkpointer.close()
     if preempted_at is not None:
         # Every process says so: in a multi-process run each one's log shows where it stopped.
         who = f"Process {jax.process_index()} stopped" if jax.process_count() > 1 else "Stopped"
         print(f"{who} after step {preempted_at} ({preemption.received}); its checkpoint is saved in "
               f"{checkpointer.directory}. Run the same command again to resume.")
-        writer.close()
         return None
     if last_step < config.num_steps:
-        writer.close()
         return None
 
     # --- Evaluate and report ----------------------------------------------------------------------
     results, details = task.evaluate(state.params, data, config, config.eval.split, return_details=True)
     writer.write(config.num_steps, {f"eval/{k}": v for k, v in results.items()})
-    writer.close()
     if is_main:
         task.report(workdir, results, details, config)
         plot_training_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))

@@ -20,7 +20,8 @@ arrays, the optimizer state included), and each array is placed directly with th
 this run's layout gives it, so a tower too large for one device is never gathered on one. The
 shapes are checked first, from the checkpoint's metadata, and a mismatch (another model size in
 the config) names the parameter and both shapes before any array is read. Dtypes are converted to
-this run's. Text weights are only meaningful with the tokenizer they were trained with: loading a
+this run's. The arrays read are checked against the checksums saved with them, so a damaged
+pre-trained checkpoint is named rather than trained from. Text weights are only meaningful with the tokenizer they were trained with: loading a
 text tower needs the same data config (the tokenizer is built deterministically from it).
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from mmjax.training.checkpoint import Checkpointer
+from mmjax.training.checkpoint import CheckpointDamaged, Checkpointer, checksum_problem
 
 
 def _subtree(tree: Mapping, path: str, what: str) -> Any:
@@ -147,6 +148,8 @@ def load_pretrained(
                 "checkpoint (or finish) before starting from it"
             )
         check_pretrained_shapes(checkpointer.saved_state_shapes(step), abstract_params, subtrees)
+        saved_dtypes = checkpointer.saved_state_dtypes(step)
+        checksums = checkpointer.saved_fingerprints(step)
     finally:
         checkpointer.close()
 
@@ -164,6 +167,11 @@ def load_pretrained(
                 partial_restore=True,
             ),
         )["params"]
+    # The loaded arrays must have the values that were saved (see `checkpoint.fingerprints`);
+    # arrays converted to another dtype for this run are not compared.
+    problem = checksum_problem(restored, checksums or {}, prefix="params/", saved_dtypes=saved_dtypes)
+    if problem is not None:
+        raise CheckpointDamaged(checkpointer.directory, step, f"{problem} (read for config.init_from)")
     for subtree in subtrees:
         params = _with_subtree(params, subtree, _subtree(restored, subtree, "the checkpoint"))
     return params

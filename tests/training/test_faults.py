@@ -3,10 +3,12 @@
 The signal and crash tests run `train.py` in subprocesses, as a user or a scheduler would, with the
 tiny config of `test_loop` given as `--config.*` flags, and compare the final parameters, bit for
 bit, with those of one uninterrupted run of the same config (shared by the module). Of the tests
-that train, the default run keeps the kill -9 one; the others are marked slow (`make test-slow`). The
+that train, the default run keeps the kill -9 one (which also starts a second job on the live run
+folder, and resumes past the stale lock the kill leaves); the others are marked slow
+(`make test-slow`). The
 subprocesses get an explicit environment: one CPU device (not conftest's 8: compiling and saving
-are several times faster on one, and all runs compared share that mesh) and one persistent
-compilation cache, so only the first run compiles the step.
+are several times faster on one, and all runs compared share that mesh), conftest's code
+generation, and one persistent compilation cache, so only the first run compiles the step.
 
 The NaN tests feed a task a dataset in which some images are blank: the task standardises each
 image by its own standard deviation, 0 for a blank image, so its batch's loss and gradients become
@@ -36,8 +38,10 @@ from mmjax.losses import clip_loss
 from mmjax.training.checkpoint import Checkpointer, _path_name, check_compatible
 from mmjax.training.loop import NonFiniteGuard, PreemptionWatch, train_and_evaluate
 from mmjax.training.optimizer import make_optimizer, make_schedule
+from mmjax.training.run_lock import read_holder
 from mmjax.training.setup import config_to_json
 from mmjax.training.tasks import ContrastiveTask
+from tests.conftest import CODEGEN_XLA_FLAGS
 from tests.training.test_loop import assert_trees_equal, saved_params, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -83,7 +87,7 @@ def output(proc: subprocess.Popen) -> str:
 
 
 def start_training(config, workdir, **env) -> subprocess.Popen:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=CODEGEN_XLA_FLAGS, PYTHONUNBUFFERED="1",
                JAX_COMPILATION_CACHE_DIR=os.path.join(config.data.data_dir, "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env)
     command = [sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/clip_tiny.py"),
@@ -181,21 +185,49 @@ def test_sigterm_checkpoints_the_step_it_stopped_at_and_exits_0(data_dir, refere
     assert_trees_equal(saved_params(str(workdir), config), reference)
 
 
-def test_kill_9_at_a_random_step_resumes_bit_identically(data_dir, reference, tmp_path):
+def test_a_second_job_refuses_a_live_run_and_kill_9_leaves_a_stale_lock_and_resumes_bit_identically(
+        data_dir, reference, tmp_path):
     config = run_config(data_dir)
     workdir = tmp_path / "crashed"
     # A step after the first checkpoint, at least 10 steps before the end.
     kill_after = random.randint(CHECKPOINT_EVERY + 1, NUM_STEPS - 10)
     proc = start_training(config, workdir)
+    wait_for(lambda: os.path.exists(workdir / "config.json") and read_holder(str(workdir)), proc)
+
+    # A second job on the folder refuses at start, naming the first, and writes nothing there: the
+    # config.json the first one wrote is untouched (a job that started would rewrite it first).
+    # The first is paused meanwhile (SIGSTOP keeps its lock), so that it cannot finish first.
+    config_written = os.stat(workdir / "config.json").st_mtime_ns
+    proc.send_signal(signal.SIGSTOP)
+    second = start_training(config, workdir)
+    second.wait(timeout=120)
+    proc.send_signal(signal.SIGCONT)
+    assert second.returncode == 1, output(second)
+    refusal = output(second).strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: \S+crashed is in use by another training job: process {proc.pid} on host "
+                        r"\S+, started \S+, which holds its lock\. Wait for it to finish or stop it, or train "
+                        r"into another --workdir\.", refusal), output(second)
+    assert "Traceback" not in output(second)
+    assert os.stat(workdir / "config.json").st_mtime_ns == config_written
+
     wait_for(lambda: last_logged_step(workdir) >= kill_after and complete_steps(workdir), proc)
     kill_9(proc)
     killed_at, resume_step = last_logged_step(workdir), latest_checkpoint(workdir)
     print(f"killed after step {killed_at} (aimed at {kill_after}); last checkpoint {resume_step}")
     assert resume_step is not None and resume_step <= killed_at < NUM_STEPS
+    # Killed while it wrote a line every step: the log holds whole JSON lines only.
+    logged = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
+    assert logged == list(range(1, killed_at + 1))
 
     out = finish(start_training(config, workdir))
+    assert f"was locked by process {proc.pid} on host" in out and "taking over its stale lock" in out, out
     assert f"at step {resume_step}." in out, out
     assert_trees_equal(saved_params(str(workdir), config), reference)
+    # The log is the history of the final state: the steps after the checkpoint that the killed
+    # run had logged were trained again, and each step has one line.
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert [row["step"] for row in rows if "loss" in row] == list(range(1, NUM_STEPS + 1))
+    assert open(workdir / "run.lock").read() == ""  # released on a clean exit
 
 
 @pytest.mark.slow

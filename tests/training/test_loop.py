@@ -131,6 +131,9 @@ def test_short_run_beats_chance_by_a_wide_margin(data_dir, tmp_path):
     config.optimizer.learning_rate = 2e-3
     config.optimizer.warmup_steps = 10
     config.log_every = 20
+    # One device: learning does not depend on the mesh, and 8 forced devices on a 2-core host
+    # split every small operation eight ways (1.6x this test's time).
+    config.mesh.data = 1
     results = train_and_evaluate(config, str(tmp_path / "learn"))
     rows = [json.loads(line) for line in open(tmp_path / "learn" / "metrics.jsonl")]
     losses = [r["loss"] for r in rows if "loss" in r]

@@ -16,6 +16,8 @@ import sys
 import pytest
 
 from mmjax.training.distributed import distributed_settings
+from mmjax.training.run_lock import read_holder
+from tests.conftest import CODEGEN_XLA_FLAGS
 from tests.training.test_faults import REPO, config_flags
 from tests.training.test_loop import saved_params, tiny_config
 from tests.training.test_step import assert_trees_close
@@ -31,7 +33,7 @@ def free_port() -> int:
 
 def launch(config, workdir, num_devices, **env):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}", **env)
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices} {CODEGEN_XLA_FLAGS}", **env)
     command = [sys.executable, os.path.join(REPO, "train.py"), "--config",
                os.path.join(REPO, "configs/clip_tiny.py"), "--workdir", str(workdir), *config_flags(config)]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -75,6 +77,8 @@ def test_two_processes_train_the_parameters_of_one(data_dir, tmp_path):
     steps = [json.loads(line)["step"] for line in open(tmp_path / "two" / "metrics.jsonl")]
     assert steps == [json.loads(line)["step"] for line in open(tmp_path / "one" / "metrics.jsonl")]
     assert steps and os.path.exists(tmp_path / "two" / "results.json")
+    # Process 0 held the run folder for the job, and released it at the end.
+    assert os.path.exists(tmp_path / "two" / "run.lock") and read_holder(str(tmp_path / "two")) is None
     assert_trees_close(saved_params(str(tmp_path / "two"), config), saved_params(str(tmp_path / "one"), config))
 
 
