@@ -89,6 +89,16 @@ def check_same_function(task, params, model, batch) -> float:
                      np.abs(np.asarray(out["text_embeddings"]) - text_features).max()))
 
 
+def compute_dtype(config) -> str:
+    """"float32" or "bfloat16": the towers' compute dtype (both must agree for the peer)."""
+    import numpy as np
+
+    dtypes = {np.dtype(config.model[tower].get("dtype", "float32")).name for tower in ("image", "text")}
+    if len(dtypes) != 1:
+        raise ValueError(f"the peer needs one compute dtype for both towers, got {sorted(dtypes)}")
+    return dtypes.pop()
+
+
 def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> dict:
     import flax.linen as nn
     import jax
@@ -116,10 +126,15 @@ def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> 
     images, tokens = torch_batch(host_batch)
     model.train()
 
+    # mmjax's bfloat16 towers (matmuls in bfloat16; parameters, optimizer and loss in float32)
+    # are what PyTorch users get from autocast: the same policy, so the same comparison.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=compute_dtype(config) == "bfloat16")
+
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        image_features, text_features, logit_scale = model(images, tokens)
-        loss = loss_fn(image_features, text_features, logit_scale)
+        with autocast:
+            image_features, text_features, logit_scale = model(images, tokens)
+            loss = loss_fn(image_features, text_features, logit_scale)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip_norm)
         optimizer.step()
@@ -129,6 +144,7 @@ def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> 
     return {
         **speed_row("pytorch (open_clip)", config_path, config, overrides, times),
         "threads": torch.get_num_threads(),
+        "compute_dtype": compute_dtype(config),
         "parameters": peer_params,
         "max_embedding_diff": max_diff,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -39,6 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def load_config(path: str, **overrides: Any):
     """`get_config()` of a config file (path relative to the repository root), with dotted
     overrides such as {"batch_size": 16, "data.image_size": 112}."""
+    import jax.numpy as jnp
+
     spec = importlib.util.spec_from_file_location("bench_config", os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -51,7 +53,8 @@ def load_config(path: str, **overrides: Any):
         # A tower's optional module fields (scan, remat, dtype, ...) may be absent from the file.
         if leaf not in node and parents[:1] != ["model"]:
             raise KeyError(f"override {key!r}: {path} has no field {leaf!r} there")
-        node[leaf] = value
+        # "bfloat16" on the command line names the dtype object a config file would hold.
+        node[leaf] = jnp.dtype(value).type if leaf == "dtype" and isinstance(value, str) else value
     if "data.text_len" in overrides:
         config.model.text.max_len = config.data.text_len
     return config

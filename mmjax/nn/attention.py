@@ -48,6 +48,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.nn import linear
+
 Array = jax.Array
 
 
@@ -197,7 +199,7 @@ class HeadProjection(nn.Module):
     Parameters, names and initial values are those of `nn.DenseGeneral` (the kernel initialiser
     sees the flattened 2-D shape, so fan-in and fan-out are those of the whole projection); it is
     written out because DenseGeneral hands the initialiser that flattened shape, on which the
-    3-D axis names cannot be placed.
+    3-D axis names cannot be placed. The product is `linear.tensordot`.
     """
 
     features: int | tuple[int, int]
@@ -212,11 +214,11 @@ class HeadProjection(nn.Module):
         if self.merge_heads:
             kernel_shape = (*x.shape[-2:], self.features)
             names, bias_shape, bias_names = ("heads", "kv", "embed"), (self.features,), ("embed",)
-            equation = "...hd,hdo->...o"
+            contracted = 2  # ...hd,hdo->...o
         else:
             kernel_shape = (x.shape[-1], *self.features)
             names, bias_shape, bias_names = ("embed", "heads", "kv"), self.features, ("heads", "kv")
-            equation = "...i,ihd->...hd"
+            contracted = 1  # ...i,ihd->...hd
         flat = (kernel_shape[0] * kernel_shape[1], kernel_shape[2]) if self.merge_heads else (
             kernel_shape[0], kernel_shape[1] * kernel_shape[2])
 
@@ -231,7 +233,8 @@ class HeadProjection(nn.Module):
                 bias_shape, self.param_dtype,
             )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = jnp.einsum(equation, x, kernel)
+        # In bfloat16, accumulated in float32 forward and backward (see `linear`).
+        y = linear.tensordot(x, kernel, axes=contracted)
         return y if bias is None else y + bias
 
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.nn import linear
+
 Array = jax.Array
 
 
@@ -94,7 +96,7 @@ class PatchProjection(nn.Module):
             if self.use_bias else None
         )
         patches, kernel, bias = nn.dtypes.promote_dtype(patches, kernel, bias, dtype=self.dtype)
-        tokens = jnp.einsum("bnhwc,hwcd->bnd", patches, kernel)
+        tokens = linear.tensordot(patches, kernel, axes=3)  # bnhwc,hwcd->bnd
         return tokens if bias is None else tokens + bias
 
 

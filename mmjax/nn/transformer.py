@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.nn import linear
 from mmjax.nn.attention import MultiHeadAttention, combine_masks, make_causal_mask
 
 Array = jax.Array
@@ -65,7 +66,9 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
         width = x.shape[-1]
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        # In bfloat16 the products accumulate in float32, forward and backward (see `linear`).
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  dot_general=linear.dot_general)
         # Megatron's split under tensor parallelism: fc1 column-parallel (each device computes
         # its slice of the hidden units), fc2 row-parallel (partial sums, one all-reduce).
         h = dense(
