@@ -9,12 +9,16 @@ config.json, tokenizer.model, results.json and PNG plots. One job at a time trai
 second one refuses at start, naming the job that holds it.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from mmjax.training.allocator import reexec_with_mimalloc
 
-from mmjax.training import distributed, host_devices
-from mmjax.training.loop import train_and_evaluate
-from mmjax.training.user_errors import one_line_errors
+reexec_with_mimalloc()  # first: XLA:CPU steps run 1.2-1.3x faster on mimalloc (allocator.py)
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mmjax.training import distributed, host_devices  # noqa: E402
+from mmjax.training.loop import train_and_evaluate  # noqa: E402
+from mmjax.training.user_errors import one_line_errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics and results go here.")

@@ -40,11 +40,21 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def measured_on(r: dict, rows: list[dict]) -> str:
+    """The line under a table that names the CPU its rows ran on; a table whose rows come from
+    different CPUs says so, row by row, so that they are never read as one machine's numbers."""
+    cpus = list(dict.fromkeys(row.get("cpu", r["machine"]["cpu"]) for row in rows))
+    if len(cpus) == 1:
+        return f"\n\nMeasured on: {cpus[0]}."
+    return "\n\n**Rows from different CPUs, not comparable:** " + "; ".join(
+        f"{_label(row)}: {row.get('cpu', r['machine']['cpu'])}" for row in rows) + "."
+
+
 def section_machine(r: dict) -> str:
     m, c = r["machine"], r.get("ceiling", {})
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     lines = [
-        f"- Measured on {m['date']}: {m['cpu']}, {m['cores']} cores, Python {m['python']}; {versions}.",
+        f"- Measured on {m['date']}: **{m['cpu']}**; Python {m['python']}; {versions}.",
         f"- Host allocator: {m['allocator']} (see \"The allocator\").",
     ]
     if c:
@@ -71,7 +81,7 @@ def section_step(r: dict) -> str:
         ])
     return table(["config", "params", "batch", "CPU devices", "step ms (median)", "examples/s", "compile s",
                   "XLA peak GiB", "process peak RSS GiB", "GFLOP/step analytic", "GFLOP/step XLA (unrolled)",
-                  "XLA / analytic", "GFLOP/s", "MFU"], rows)
+                  "XLA / analytic", "GFLOP/s", "MFU"], rows) + measured_on(r, r["step"])
 
 
 def section_peer(r: dict) -> str:
@@ -89,7 +99,7 @@ def section_peer(r: dict) -> str:
         ])
     return table(["config", "batch", "mmjax params", "open_clip params", "max embedding diff",
                   "mmjax step ms (devices)", "mmjax on one device ms", "PyTorch step ms",
-                  "MFU mmjax / PyTorch", "mmjax speed / PyTorch", "one device / PyTorch"], rows)
+                  "MFU mmjax / PyTorch", "mmjax speed / PyTorch", "one device / PyTorch"], rows) + measured_on(r, r["peer"])
 
 
 def section_allocator(r: dict) -> str:
@@ -102,11 +112,28 @@ def section_allocator(r: dict) -> str:
         for name, times in runs.items():
             rows.append([config, batch, name, ", ".join(_ms(t) for t in times),
                          f"{min(base) / min(times):.2f}x"])
-    return table(["config", "batch", "allocator", "step ms (each run)", "speed vs system (best runs)"], rows)
+    return table(["config", "batch", "allocator", "step ms (each run)", "speed vs system (best runs)"],
+                 rows) + measured_on(r, r["allocator"])
+
+
+def section_bf16(r: dict) -> str:
+    if "skipped" in r["bf16"]:
+        return f"Not measured: {r['bf16']['skipped']}; bfloat16 matmuls run at the float32 rate there."
+    rows = []
+    for b in r["bf16"]:
+        t = b["step_s"]
+        rows.append([
+            b["config"], b["batch_size"], _ms(t["mmjax float32"]), _ms(t["mmjax bfloat16"]),
+            _ms(t["pytorch float32"]), _ms(t["pytorch bfloat16"]),
+            f"{t['mmjax float32'] / t['mmjax bfloat16']:.2f}x", f"{t['pytorch float32'] / t['pytorch bfloat16']:.2f}x",
+            f"**{t['pytorch bfloat16'] / t['mmjax bfloat16']:.2f}x**",
+        ])
+    return table(["config", "batch", "mmjax f32 ms", "mmjax bf16 ms", "PyTorch f32 ms", "PyTorch bf16 autocast ms",
+                  "mmjax bf16 gain", "PyTorch bf16 gain", "mmjax bf16 speed / PyTorch bf16"], rows) + measured_on(r, r["bf16"])
 
 
 def section_profile(r: dict) -> str:
-    return "\n\n".join(_profile(p) for p in r["profile"])
+    return "\n\n".join(_profile(p) for p in r["profile"]) + measured_on(r, r["profile"])
 
 
 def _profile(p: dict) -> str:
@@ -133,13 +160,15 @@ def section_loader(r: dict) -> str:
                      f"{step:,.1f}" if step else "-",
                      f"**{best / step:.1f}x**" if step else "-"])
     return table(["config", "image px", "batch", "loader threads", "first epoch examples/s",
-                  "later epochs (cached) examples/s", "step examples/s", "delivered / consumed"], rows)
+                  "later epochs (cached) examples/s", "step examples/s", "delivered / consumed"],
+                 rows) + measured_on(r, r["loader"])
 
 
 def section_scaling(r: dict) -> str:
     rows = [[s["axis"], s["value"], s["batch_size"], _ms(s["step_s"]), f"{s['examples_per_s']:,.0f}",
              _g(s["flops_per_s"])] for s in r["scaling"]]
-    return table(["varied", "value", "global batch", "step ms", "examples/s", "GFLOP/s"], rows)
+    return table(["varied", "value", "global batch", "step ms", "examples/s", "GFLOP/s"],
+                 rows) + measured_on(r, r["scaling"])
 
 
 def section_inference(r: dict) -> str:
@@ -150,7 +179,8 @@ def section_inference(r: dict) -> str:
                              for b in (1, 4) if f"generate_beam{b}_tokens_per_s" in i)
         rows.append([i["config"], i["batch_size"], f"{i['image_embed_per_s']:,.0f}",
                      f"{i['text_embed_per_s']:,.0f}", generate or "-"])
-    return table(["config", "batch", "images embedded/s", "texts embedded/s", "generate() (max_len)"], rows)
+    return table(["config", "batch", "images embedded/s", "texts embedded/s", "generate() (max_len)"],
+                 rows) + measured_on(r, r["inference"])
 
 
 def section_compile(r: dict) -> str:
@@ -163,7 +193,7 @@ def section_compile(r: dict) -> str:
              f"{c['compile_s']:.1f}", f"**{c['lower_s'] + c['compile_s']:.1f}**",
              f"{c['flops_xla'] / 1e12:,.2f}", f"{c['flops_analytic'] / 1e12:,.2f}"] for c in r["compile"]]
     return table(["config", "layers", "batch", "trace + lower s", "XLA compile s", "total s",
-                  "TFLOP/step XLA", "TFLOP/step analytic"], rows)
+                  "TFLOP/step XLA", "TFLOP/step analytic"], rows) + measured_on(r, r["compile"])
 
 
 def section_accelerators(r: dict) -> str:
@@ -181,7 +211,8 @@ def section_accelerators(r: dict) -> str:
 
 
 SECTIONS = {
-    "machine": section_machine, "step": section_step, "peer": section_peer, "allocator": section_allocator,
+    "machine": section_machine, "step": section_step, "peer": section_peer, "bf16": section_bf16,
+    "allocator": section_allocator,
     "profile": section_profile,
     "loader": section_loader, "scaling": section_scaling, "inference": section_inference,
     "compile": section_compile, "accelerators": section_accelerators,

@@ -9,7 +9,9 @@ Suites (each measurement in its own process, see runner.py):
   step       train step of clip_tiny, clip_small, clip_s16: time, examples/s, FLOPs, MFU (step.py),
              with XLA's FLOP count of the unrolled step as a cross-check (compile_time.py)
   peer       the same step in PyTorch (open_clip), alternating runs with mmjax (peer.py, step.py)
-  allocator  clip_tiny's and clip_s16's step with the system allocator vs tcmalloc
+  bf16       clip_small and clip_s16 in float32 and bfloat16 (mmjax's bf16 towers, PyTorch's bf16
+             autocast), alternating runs; only on CPUs with AMX-BF16 (cpu.py), elsewhere it says so
+  allocator  clip_tiny's and clip_s16's step with glibc's allocator vs mimalloc (train.py's)
   profile    where clip_s16's step spends its time, by kind of operation (profile_step.py)
   loader     examples/s the training loader delivers (input_pipeline.py)
   scaling    step time vs batch size, image resolution, text length and forced CPU devices
@@ -30,6 +32,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import report  # noqa: E402
+from bench.cpu import cpu_info, cpu_summary, has_amx_bf16  # noqa: E402
 from bench.runner import ROOT, host_allocator, run  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results.json")
@@ -97,10 +100,47 @@ def suite_peer(results: dict) -> None:
             "mmjax_runs": [r["step_s"] for r in mmjax_runs], "peer_runs": [r["step_s"] for r in peer_runs],
             "mmjax_one_device_runs": [r["step_s"] for r in one_device_runs],
             "flops_analytic": mmjax_runs[0]["flops_analytic"], "versions": peer_runs[0]["versions"],
+            "cpu": mmjax_runs[0]["cpu"],
         })
         print(f"  peer {name}: mmjax {mmjax_s:.3f} s (one device {one_device_s:.3f} s), peer {peer_s:.3f} s",
               file=sys.stderr, flush=True)
     results["peer"] = rows
+
+
+BF16_CASES = [("configs/clip_small.py", {"batch_size": 64}, 6), ("configs/clip_s16.py", {}, 4)]
+BF16_ROUNDS = 2
+
+
+def suite_bf16(results: dict) -> None:
+    """float32 and bfloat16 steps of both frameworks, alternating: mmjax f32, mmjax bf16, PyTorch
+    f32, PyTorch bf16 autocast, and again. bfloat16 differs from float32 in speed only where the
+    CPU multiplies bfloat16 natively (AMX); elsewhere the suite records why it did not run."""
+    if not has_amx_bf16():
+        results["bf16"] = {"skipped": f"this CPU has no AMX-BF16 ({cpu_summary()})"}
+        return
+    rows = []
+    for config, overrides, steps in BF16_CASES:
+        name = os.path.basename(config)
+        if name != "clip_s16.py":
+            overrides = {**overrides, **OPEN_CLIP_FORM}
+        runs = {}
+        for _ in range(BF16_ROUNDS):
+            for dtype in ("float32", "bfloat16"):
+                typed = {**overrides, "model.image.dtype": dtype, "model.text.dtype": dtype}
+                for framework, script in (("mmjax", "step.py"), ("pytorch", "peer.py")):
+                    row = run(script, "--config", config, "--steps", str(steps), *_sets(typed))
+                    runs.setdefault((framework, dtype), []).append(row)
+        medians = {key: statistics.median(r["step_s"] for r in rs) for key, rs in runs.items()}
+        rows.append({
+            "config": name, "batch_size": runs["mmjax", "float32"][0]["batch_size"],
+            "flops_analytic": runs["mmjax", "float32"][0]["flops_analytic"],
+            "step_s": {f"{framework} {dtype}": medians[framework, dtype] for framework, dtype in medians},
+            "runs": {f"{framework} {dtype}": [r["step_s"] for r in rs] for (framework, dtype), rs in runs.items()},
+            "cpu": runs["mmjax", "float32"][0]["cpu"],
+        })
+        print(f"  bf16 {name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in rows[-1]["step_s"].items()),
+              file=sys.stderr, flush=True)
+    results["bf16"] = rows
 
 
 def suite_allocator(results: dict) -> None:
@@ -164,7 +204,7 @@ def suite_compile(results: dict) -> None:
 
 
 SUITES = {
-    "ceiling": suite_ceiling, "step": suite_step, "peer": suite_peer, "allocator": suite_allocator,
+    "ceiling": suite_ceiling, "step": suite_step, "peer": suite_peer, "bf16": suite_bf16, "allocator": suite_allocator,
     "profile": suite_profile, "loader": suite_loader, "scaling": suite_scaling, "inference": suite_inference, "compile": suite_compile,
 }
 
@@ -172,12 +212,6 @@ SUITES = {
 def machine() -> dict:
     import importlib.metadata as md
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     versions = {}
     for package in ("jax", "jaxlib", "flax", "optax", "torch", "open_clip_torch", "numpy"):
         try:
@@ -185,9 +219,10 @@ def machine() -> dict:
         except md.PackageNotFoundError:
             pass
     return {
-        "date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+        "date": datetime.date.today().isoformat(), "cpu": cpu_summary(), "cpu_model": cpu_info()["model"],
+        "extensions": cpu_info()["extensions"], "cores": cpu_info()["cores"],
         "python": platform.python_version(), "versions": versions,
-        "allocator": "tcmalloc" if host_allocator() else "system",
+        "allocator": "mimalloc" if host_allocator() else "system",
     }
 
 

@@ -92,3 +92,29 @@ def test_report_fills_every_table(tmp_path):
         assert block.strip() and "not measured yet" not in block, name
     assert os.path.exists(tmp_path / "plots" / "scaling.png")
     assert np.isfinite(results["ceiling"]["matmul_flops_per_s"])
+
+
+def test_cpu_extensions_are_read_from_cpuinfo(tmp_path):
+    from bench.cpu import cpu_info
+
+    amd = tmp_path / "amd"
+    amd.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n\n"
+                   "processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n")
+    assert cpu_info(str(amd))["model"] == "AMD EPYC 7B13"
+    assert cpu_info(str(amd))["extensions"] == ["AVX2", "FMA"]
+    xeon = tmp_path / "xeon"
+    xeon.write_text("model name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: avx2 fma avx512f avx512_bf16 "
+                    "amx_bf16 amx_tile amx_int8\n")
+    assert cpu_info(str(xeon))["extensions"] == ["AVX2", "FMA", "AVX-512", "AVX512-BF16", "AMX-BF16", "AMX-INT8"]
+
+
+def test_tables_name_their_cpu_and_never_mix_two_silently():
+    r = {"machine": {"cpu": "Intel Xeon, 2 cores: AVX2, AVX-512, AMX-BF16"}}
+    rows = [{"config": "clip_tiny.py", "cpu": "Intel Xeon, 2 cores: AVX2, AVX-512, AMX-BF16"}]
+    assert report.measured_on(r, rows).strip() == "Measured on: Intel Xeon, 2 cores: AVX2, AVX-512, AMX-BF16."
+    rows.append({"config": "clip_s16.py", "cpu": "AMD EPYC, 2 cores: AVX2, FMA"})
+    mixed = report.measured_on(r, rows)
+    assert "Rows from different CPUs, not comparable" in mixed and "clip_s16.py: AMD EPYC" in mixed
+    # Without AMX the bfloat16 rows say why they are missing.
+    assert report.section_bf16({"bf16": {"skipped": "this CPU has no AMX-BF16 (AMD EPYC)"}}).startswith(
+        "Not measured: this CPU has no AMX-BF16 (AMD EPYC)")
