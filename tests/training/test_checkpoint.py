@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mmjax.training.checkpoint import CheckpointDamaged, Checkpointer, CheckpointSaveFailed, fingerprints
 from mmjax.training.evaluate import evaluate_checkpoint
 from mmjax.training.loop import train_and_evaluate
+from mmjax.training.run_lock import RunLock
 from tests.training.test_loop import assert_trees_equal, saved_params, tiny_config
 
 # Reading a damaged checkpoint leaves TensorStore's other pending reads to be collected unawaited;
@@ -102,7 +103,8 @@ def test_a_truncated_latest_checkpoint_falls_back_and_ends_where_the_intact_run_
     with pytest.raises(CheckpointDamaged, match=r"checkpoint 8 in \S+ is damaged: reading it failed \(OUT_OF_RANGE.*"
                                                 r"Intact checkpoints: 4; evaluate one with --step 4\."):
         evaluate_checkpoint(config, workdir)
-    results = evaluate_checkpoint(config, workdir, step=4)
+    with RunLock(workdir):  # beside a training job that holds the folder: never blocked
+        results = evaluate_checkpoint(config, workdir, step=4)
     assert 0.0 <= results["i2t_r1"] <= 1.0
 
     # train.py --on_damaged_checkpoint=error: the same damage stops the run, and nothing is moved.
@@ -173,3 +175,23 @@ def test_a_save_into_a_full_filesystem_stops_the_run_clearly_and_keeps_the_older
     # The unfinished save is gone (its space with it) and checkpoint 4 restores.
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]
     assert int(saved_params(workdir, config, step=4).step) == 4
+
+
+def test_eval_looks_the_latest_step_up_again_when_training_deletes_it_while_it_is_read(trained, tmp_path, monkeypatch):
+    """A training job keeps `keep_checkpoints`: the one an evaluation started reading can vanish."""
+    config, workdir, _ = copy_of(trained, tmp_path)
+    real_restore, reads = Checkpointer.restore, []
+
+    def restore_while_training_prunes(self, abstract_state, data_iterator, step=None):
+        reads.append(step)
+        if len(reads) == 1:  # the training job deletes checkpoint 8 just as it is opened
+            shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+        return real_restore(self, abstract_state, data_iterator, step)
+
+    monkeypatch.setattr(Checkpointer, "restore", restore_while_training_prunes)
+    from mmjax.training.evaluate import _restore
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    _, abstract_state = saved_state_template(config)
+    step, state = _restore(checkpointer, abstract_state, None)
+    checkpointer.close()
+    assert reads == [8, 4] and step == 4 and int(state.step) == 4
