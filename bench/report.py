@@ -65,6 +65,12 @@ def section_machine(r: dict) -> str:
         if "torch_matmul_flops_per_s" in c:
             lines.append(f"- The same matmul in PyTorch ({c['torch_threads']} threads): "
                          f"{_g(c['torch_matmul_flops_per_s'])} GFLOP/s.")
+        if "bf16_to_f32_matmul_flops_per_s" in c:
+            torch_bf16 = (f"; PyTorch {_g(c['torch_bf16_matmul_flops_per_s'])} GFLOP/s"
+                          if "torch_bf16_matmul_flops_per_s" in c else "")
+            lines.append(f"- bfloat16 matmul through XLA: {_g(c['bf16_matmul_flops_per_s'])} GFLOP/s with a "
+                         f"bfloat16 result, **{_g(c['bf16_to_f32_matmul_flops_per_s'])} GFLOP/s** with a float32 "
+                         f"result (the form mmjax's bfloat16 layers use){torch_bf16}.")
     return "\n".join(lines)
 
 

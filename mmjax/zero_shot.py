@@ -35,6 +35,7 @@ from PIL import Image
 from mmjax.evaluation.batching import batched_apply
 from mmjax.evaluation.clip_eval import class_embeddings
 from mmjax.evaluation.metrics import PROMPT_TEMPLATES, zero_shot_accuracy
+from mmjax.data.tfds_sources import classification_set
 from mmjax.interop.preprocess import ImagePreprocessing, load_image
 from mmjax.models.clip import CLIP
 
@@ -218,10 +219,26 @@ def list_images(directory: str) -> list[str]:
 def classify_folder(classifier: ZeroShotClassifier, directory: str, labels: Sequence[str],
                     templates: Sequence[str] | None = None, top_k: int = 5,
                     batch_size: int = 32) -> list[dict[str, Any]]:
-    """[{"image": path, "top": [(label, probability), ...]}] for every image of `directory`."""
+    """[{"image": path, "top": [(label, probability), ...]}] for every readable image of `directory`.
+
+    A file that does not decode (corrupt, truncated, not an image) is skipped with a warning on
+    stderr, and the number skipped is printed at the end: one bad file does not end the run.
+    """
     labels = check_labels(labels)
-    paths = list_images(directory)
-    probabilities = classify(classifier, embed_images(classifier, [load_image(p) for p in paths], batch_size),
+    paths, images, skipped = [], [], 0
+    for path in list_images(directory):
+        try:
+            images.append(load_image(path))
+            paths.append(path)
+        except ValueError as error:
+            skipped += 1
+            print(f"Warning: skipping {error}", file=sys.stderr)
+    if skipped:
+        print(f"Warning: skipped {skipped} unreadable file(s) of {len(paths) + skipped} in {directory}.",
+              file=sys.stderr)
+    if not images:
+        raise FileNotFoundError(f"no readable image in {directory} ({skipped} unreadable)")
+    probabilities = classify(classifier, embed_images(classifier, images, batch_size),
                              label_embeddings(classifier, labels, templates))
     results = []
     for path, row in zip(paths, probabilities):
@@ -249,19 +266,6 @@ def evaluate_source(classifier: ZeroShotClassifier, source: Sequence[dict], clas
     return zero_shot_accuracy(np.concatenate(images), classes, np.concatenate(labels), ks=(1, 5))
 
 
-def tfds_source(name: str, split: str, data_dir: str | None, manual_dir: str | None):
-    """A TFDS split as a random-access source, built first if needed (ArrayRecord files).
-
-    Building `imagenet2012` reads ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from
-    `manual_dir`, once, and needs TensorFlow for that step only; reading needs none.
-    """
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return builder.as_data_source(split=split), builder.info.features["label"].names
-
-
 class _Subset:
     """The first `limit` examples of a source."""
 
@@ -284,9 +288,11 @@ def main(argv: Sequence[str]) -> None:
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from mmjax.training.checkpoint import CheckpointDamaged
+
     try:
         _run(_FLAGS)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, ImportError, CheckpointDamaged) as error:
         # A wrong path, label or checkpoint: the message says what to do; a traceback would not.
         sys.exit(f"error: {error}")
 
@@ -300,12 +306,13 @@ def _run(flags: types.SimpleNamespace) -> None:
     )
     templates = flags.template.value or None
     if flags.tfds.value:
-        source, names = tfds_source(flags.tfds.value, flags.split.value, flags.tfds_data_dir.value,
-                                    flags.manual_dir.value)
+        source, names, set_templates = classification_set(flags.tfds.value, flags.split.value,
+                                                          flags.tfds_data_dir.value, flags.manual_dir.value)
+        templates = templates or set_templates
         if flags.tfds.value == "imagenet2012":
             from mmjax.interop.imagenet import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-            names, templates = IMAGENET_CLASSNAMES, templates or OPENAI_IMAGENET_TEMPLATES
+            names, templates = IMAGENET_CLASSNAMES, flags.template.value or OPENAI_IMAGENET_TEMPLATES
         if flags.limit.value:
             source = _Subset(source, flags.limit.value)
         results = evaluate_source(classifier, source, names, templates, batch_size=flags.batch_size.value)
