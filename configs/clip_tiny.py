@@ -19,8 +19,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    # Where the TFDS `shapes` dataset lives (built there on first use).
+    # Which dataset: "shapes" (the synthetic world, built on first use), the name of a dataset
+    # built with `python -m mmjax.data.build --name NAME`, or a TFDS image-text set ("coco_captions").
+    config.data.name = "shapes"
+    # Where datasets live.
     config.data.data_dir = "data"
+    # A sentencepiece .model to use (`python -m mmjax.data.tokenizer`); "" = the dataset's own.
+    config.data.tokenizer = ""
     # Image side in pixels; a multiple of the patch size.
     config.data.image_size = 48
     # Split sizes of the generated dataset.
@@ -87,6 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.split = "test"
     config.eval.during_training_split = "validation"
     config.eval.batch_size = 256
+    # What a retrieval hit shares with the query: "item" (the same scene, or image) or "label".
+    config.eval.retrieval_hit = "item"
     # Zero-shot prompts in the captions' own phrasing (no final period, which captions never
     # have), naming the size too: the label is the class of the *largest* object.
     config.eval.prompt_templates = (

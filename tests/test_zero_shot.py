@@ -170,3 +170,41 @@ def test_bad_labels_and_templates_are_named():
         check_labels(["cat", "dog", " cat"])
     with pytest.raises(ValueError, match="exactly one '\\{\\}'"):
         check_templates(["a photo of a cat"])
+
+
+def test_unreadable_files_in_the_folder_are_skipped_with_a_warning_and_a_count(photo_dir, open_clip_checkpoint,
+                                                                               tmp_path, capsys):
+    from mmjax.zero_shot import classify_folder
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("chelsea.jpg", "coffee.png"):
+        (folder / name).write_bytes(open(os.path.join(photo_dir, name), "rb").read())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 20)
+    (folder / "empty.png").write_bytes(b"")
+    results = classify_folder(load_classifier(open_clip_checkpoint[0]), str(folder), LABELS, TEMPLATES, top_k=2)
+    assert [os.path.basename(r["image"]) for r in results] == ["chelsea.jpg", "coffee.png"]
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "empty.png" in err
+    assert f"skipped 2 unreadable file(s) of 4 in {folder}" in err
+
+
+def test_a_tfds_classification_set_through_the_zero_shot_evaluator(open_clip_checkpoint, tmp_path):
+    """cifar10 on TFDS's mock data: its class names, CLIP's 18 templates, and top-1 as counted by hand."""
+    import tensorflow_datasets as tfds
+
+    from mmjax.data.tfds_sources import classification_set
+    from mmjax.zero_shot import classify, embed_images, label_embeddings
+
+    classifier = load_classifier(open_clip_checkpoint[0])
+    with tfds.testing.mock_data(num_examples=12, data_dir=str(tmp_path)):
+        source, names, templates = classification_set("cifar10", "test", str(tmp_path))
+        examples = [source[i] for i in range(len(source))]
+        results = evaluate_source(classifier, source, names, templates, batch_size=5, num_threads=1)
+    assert names[:3] == ["airplane", "automobile", "bird"] and len(templates) == 18
+    probabilities = classify(classifier, embed_images(classifier, [Image.fromarray(e["image"]) for e in examples]),
+                             label_embeddings(classifier, names, templates))
+    labels = np.array([e["label"] for e in examples])
+    assert results["top1"] == pytest.approx(np.mean(probabilities.argmax(axis=1) == labels))
+    top5 = np.argsort(-probabilities, axis=1)[:, :5]
+    assert results["top5"] == pytest.approx(np.mean([label in row for label, row in zip(labels, top5)]))

@@ -68,7 +68,10 @@ class ContrastivePreprocess:
         mirror_text: Callable[[str], str] | None = None,
     ):
         if flip_probability > 0 and mirror_text is None:
-            raise ValueError("flip_probability > 0 needs mirror_text, or captions become false")
+            raise ValueError(
+                f"config.data.flip_probability={flip_probability} flips images, but this dataset cannot mirror "
+                "its captions (their left and right would become false): set --config.data.flip_probability=0"
+            )
         self.tokenizer = tokenizer
         self.text_len = text_len
         self.flip_probability = flip_probability
@@ -385,12 +388,15 @@ def iterate_in_order(
     source: Sequence,
     transform: Callable[[dict], dict],
     *,
-    batch_size: int,
+    batch_size: int | None,
     num_threads: int = 2,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Every example of `source` once, in index order, transformed and batched (last batch short).
+    """Every example of `source` once, in index order, transformed and batched (last batch short;
+    `batch_size=None`: one example at a time, unstacked, for examples of different shapes).
 
     Used by evaluation, which must see each test example exactly once.
     """
-    dataset = grain.MapDataset.source(source).map(transform).batch(batch_size, drop_remainder=False)
+    dataset = grain.MapDataset.source(source).map(transform)
+    if batch_size is not None:
+        dataset = dataset.batch(batch_size, drop_remainder=False)
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))

@@ -1,15 +1,19 @@
 """Everything a run needs from the data layer, from the `config.data` section.
 
-    prepare_shapes(config.data) -> ShapesData
-        .split("train" | "validation" | "test" | "compositional_test")  random-access source
-        .tokenizer          sentencepiece, trained on the training captions (and, with
-                            `tokenizer_corpus="captions_and_questions"`, the questions and
-                            answers too), saved beside the data
-        .class_names        text name of each zero-shot class ("red circle", ...)
-        .answer_vocabulary()  the VQA answers seen in training, index 0 = "<unk>" (saved beside the data)
-        .question_types     the question type names
-        .mirror_text        the caption mirroring that keeps flipped images truthful
-        .parse_caption      caption -> scene key (None if the grammar cannot read it)
+    prepare_data(config.data)                     config.data.name picks the dataset:
+        "shapes" (the default)                    the synthetic world, built here if missing
+        the name of a built folder dataset        `python -m mmjax.data.build --input DIR --name NAME`
+        a TFDS image-text set ("coco_captions")   prepared once as ArrayRecord (mmjax.data.tfds_sources)
+    -> data
+        .split(name)        random-access source of examples {image uint8 [S, S, 3], captions,
+                            scene_key, label} ("train", "validation", and for shapes "test" and
+                            "compositional_test")
+        .tokenizer          sentencepiece: the run's own copy when resuming, else config.data.tokenizer
+                            if set, else the dataset's (trained on its training captions, saved beside it)
+        .class_names        text name of each zero-shot class ("red circle", "cat", ...); may be empty
+        .name, .item        what the dataset is called, and what a retrieval hit shares ("scene", "image")
+        .mirror_text        how a caption follows a horizontal flip (shapes only; None: no flips)
+      shapes also has .answer_vocabulary(), .question_types and .parse_caption (VQA, captioning).
 
 Building the dataset and training the tokenizer happen once; later runs find both on disk. In a
 multi-process run only process 0 builds; the others wait for it at a barrier.
@@ -18,12 +22,14 @@ multi-process run only process 0 builds; the others wait for it at a barrier.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 from typing import Any, Callable, Sequence
 
 import jax
 
-from mmjax.data import shapes
+from mmjax.data import folder, shapes, tfds_sources
 from mmjax.data.pipeline import build_answer_vocabulary, load_answer_vocabulary, save_answer_vocabulary
 from mmjax.data.shapes_tfds import build_shapes, load_split, make_builder
 from mmjax.data.tokenizer import Tokenizer, train_tokenizer
@@ -48,6 +54,8 @@ TOKENIZER_CORPORA = {
 
 @dataclasses.dataclass
 class ShapesData:
+    """The `shapes` world: structured truth for every caption, question and box."""
+
     data_dir: str
     image_size: int
     variant: dict[str, Any]
@@ -57,6 +65,8 @@ class ShapesData:
     mirror_text: Callable[[str], str] = shapes.mirror_text
     parse_caption: Callable[[str], str | None] = shapes.parse_caption
     question_types: tuple[str, ...] = shapes.QUESTION_TYPES
+    name: str = "shapes"
+    item: str = "scene"  # a retrieval hit shows the same scene (same objects and properties)
 
     def split(self, name: str) -> Sequence[dict[str, Any]]:
         return load_split(self.data_dir, self.image_size, name, **self.variant)
@@ -73,6 +83,81 @@ class ShapesData:
                 save_answer_vocabulary(build_answer_vocabulary(a for i in range(n) for a in train[i]["answers"]), path)
             _barrier("answers_written")
         return load_answer_vocabulary(path)
+
+
+@dataclasses.dataclass
+class ImageTextData:
+    """Images and captions without structured truth: a built folder dataset or a TFDS set.
+
+    A retrieval hit is the same image (`scene_key` is the image's path or id); zero-shot classes
+    are the labels of the dataset, if it has any. No caption is known to survive a flip.
+    """
+
+    name: str
+    image_size: int
+    tokenizer: Tokenizer
+    tokenizer_path: str
+    class_names: list[str]
+    split_source: Callable[[str], Sequence[dict[str, Any]]]
+    mirror_text: Callable[[str], str] | None = None
+    parse_caption: Callable[[str], str | None] | None = None
+    question_types: tuple[str, ...] = ()
+    item: str = "image"
+
+    def split(self, name: str) -> Sequence[dict[str, Any]]:
+        return self.split_source(name)
+
+    def answer_vocabulary(self) -> list[str]:
+        raise ValueError(f"dataset {self.name} has no questions and answers: the VQA configs train on shapes "
+                         "(config.data.name='shapes')")
+
+
+def prepare_data(data_config: Any, build_if_missing: bool = True, tokenizer_path: str | None = None):
+    """The dataset `config.data.name` names (see the module docstring), with its tokenizer.
+
+    `tokenizer_path` overrides the tokenizer: a run evaluates and resumes with the one it was trained
+    with (the copy in its run folder), whatever the data folder holds now.
+    """
+    name = data_config.get("name", "shapes")
+    tokenizer_path = tokenizer_path or data_config.get("tokenizer") or None
+    if name == "shapes":
+        return prepare_shapes(data_config, build_if_missing, tokenizer_path)
+    data_dir = os.path.abspath(data_config.data_dir)
+    if folder.is_folder_dataset(data_dir, name):
+        return _prepare_folder(data_config, name, data_dir, tokenizer_path)
+    return _prepare_tfds_image_text(data_config, name, data_dir, tokenizer_path)
+
+
+def _prepare_folder(data_config: Any, name: str, data_dir: str, tokenizer_path: str | None) -> ImageTextData:
+    path = folder.dataset_path(data_dir, name)
+    with open(os.path.join(path, "summary.json"), encoding="utf-8") as file:
+        built_size = json.load(file)["image_size"]
+    if built_size != data_config.image_size:
+        raise ValueError(f"dataset {name} in {data_dir} holds {built_size} px images but config.data.image_size is "
+                         f"{data_config.image_size}: set --config.data.image_size={built_size}, or rebuild it with "
+                         f"--image-size {data_config.image_size}")
+    with open(os.path.join(path, "class_names.json"), encoding="utf-8") as file:
+        class_names = json.load(file)
+    tokenizer_path = tokenizer_path or os.path.join(path, "tokenizer.model")
+    return ImageTextData(name=name, image_size=built_size, tokenizer=Tokenizer.load(tokenizer_path),
+                         tokenizer_path=tokenizer_path, class_names=class_names,
+                         split_source=functools.partial(folder.load_folder_split, data_dir, name))
+
+
+def _prepare_tfds_image_text(data_config: Any, name: str, data_dir: str, tokenizer_path: str | None) -> ImageTextData:
+    def split(split_name: str):
+        return tfds_sources.image_text_split(name, split_name, data_dir, data_config.image_size)
+
+    if tokenizer_path is None:
+        tokenizer_path = os.path.join(data_dir, name, f"tokenizer_{data_config.vocab_size}.model")
+    if not os.path.exists(tokenizer_path):
+        if jax.process_index() == 0:
+            train = split("train")
+            texts = [c for i in range(min(len(train), _TOKENIZER_EXAMPLES)) for c in train[i]["captions"]]
+            train_tokenizer(texts, data_config.vocab_size, tokenizer_path)
+        _barrier("tokenizer_trained")
+    return ImageTextData(name=name, image_size=data_config.image_size, tokenizer=Tokenizer.load(tokenizer_path),
+                         tokenizer_path=tokenizer_path, class_names=[], split_source=split)
 
 
 def prepare_shapes(

@@ -139,3 +139,52 @@ def train_tokenizer(
             tmp.write(proto)
         os.replace(tmp.name, path)
     return Tokenizer(proto)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m mmjax.data.tokenizer --captions FILE --vocab-size N --output FILE`: trains a
+    tokenizer on any corpus (one caption a line, or a captions.jsonl / .csv manifest's captions);
+    `config.data.tokenizer = FILE` makes a run use it."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m mmjax.data.tokenizer", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--captions", required=True, help="a text file (one caption a line) or a captions.jsonl / .csv")
+    parser.add_argument("--vocab-size", type=int, required=True, help="sentencepiece pieces (at most)")
+    parser.add_argument("--output", required=True, help="the .model file to write")
+    args = parser.parse_args(argv)
+    try:
+        captions = read_captions(args.captions)
+        if not captions:
+            raise ValueError(f"{args.captions} holds no non-empty caption")
+        tokenizer = train_tokenizer(captions, args.vocab_size, args.output)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"Wrote {args.output}: {tokenizer.vocab_size} pieces from {len(captions):,} captions.")
+    return 0
+
+
+def read_captions(path: str) -> list[str]:
+    """The non-empty captions of a text file (one a line), or of a captions.jsonl / .csv manifest."""
+    import csv
+    import json
+
+    if path.endswith(".jsonl"):
+        captions = []
+        with open(path, encoding="utf-8") as file:
+            for line in file:
+                if line.strip():
+                    caption = json.loads(line).get("caption", [])
+                    captions += [caption] if isinstance(caption, str) else list(caption)
+    elif path.endswith(".csv"):
+        with open(path, encoding="utf-8", newline="") as file:
+            captions = [row.get("caption") or "" for row in csv.DictReader(file)]
+    else:
+        with open(path, encoding="utf-8") as file:
+            captions = file.read().splitlines()
+    return [" ".join(c.split()) for c in captions if c and c.strip()]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

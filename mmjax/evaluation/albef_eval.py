@@ -62,13 +62,14 @@ def evaluate_matching(
     Args:
       embedded: `clip_eval.embed_split`'s output (contrastive embeddings, scene keys).
       image_tokens: {"tokens": [n, N, W_img]}, the image tower's output per image.
-      text_tokens: {"tokens": [n·c, L, W_txt], "mask": [n·c, L]} per caption.
+      text_tokens: {"tokens": [t, L, W_txt], "mask": [t, L]} per caption (t captions in all).
       match_fn: (text_tokens [b, L, W], text_mask [b, L], image_tokens [b, N, W]) -> p(match) [b].
       rerank_k: first-stage candidates per query.
     """
-    c = embedded["captions_per_image"]
+    first = embedded["first_caption"]  # the row of each image's first caption
     n = len(embedded["image_embeddings"])
-    image_groups, text_groups = group_ids(embedded["scene_keys"], np.repeat(embedded["scene_keys"], c))
+    keys = embedded["scene_keys"]
+    image_groups, text_groups = group_ids(keys, keys[embedded["caption_image"]])
     results = image_text_retrieval(embedded["image_embeddings"], embedded["text_embeddings"],
                                    image_groups, text_groups, ks=ks)
 
@@ -83,9 +84,9 @@ def evaluate_matching(
     images = np.arange(n)
     hard = hard_negative_captions(embedded["image_embeddings"], embedded["text_embeddings"],
                                   image_groups, text_groups)
-    random_captions = ((images + n // 2) % n) * c
+    random_captions = first[(images + n // 2) % n]
     random_valid = text_groups[random_captions] != image_groups
-    positive_p = match(images, images * c)
+    positive_p = match(images, first[images])
     hard_p = match(images, hard)
     random_p = match(images, random_captions)[random_valid]
     results["itm_accuracy"] = float(np.mean(np.concatenate([positive_p > 0.5, hard_p <= 0.5])))

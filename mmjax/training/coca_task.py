@@ -152,8 +152,8 @@ class CocaTask:
 
         # Captioning: one caption per image of the split.
         caption = self._generate(config, config.data.text_len, config.eval.beam_size)
-        c = details["captions_per_image"]
-        references = [list(details["captions"][i * c:(i + 1) * c]) for i in range(len(details["images"]))]
+        bounds = list(details["first_caption"]) + [len(details["captions"])]
+        references = [list(details["captions"][bounds[i]:bounds[i + 1]]) for i in range(len(details["images"]))]
         caption_results, captions = evaluate_captions(
             lambda images: caption(params, images), details["images"], references,
             list(details["scene_keys"]), data.tokenizer, data.parse_caption, config.eval.batch_size,

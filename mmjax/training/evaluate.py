@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from mmjax.data.prepare import prepare_shapes
+from mmjax.data.prepare import prepare_data
 from mmjax.training import sharding as shd
 from mmjax.training.checkpoint import CheckpointDamaged, Checkpointer
 from mmjax.training.run_lock import live_holder
@@ -36,7 +36,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
             raise FileNotFoundError(f"no checkpoint {step} in {checkpointer.directory}; it has steps "
                                     f"{', '.join(map(str, steps))}")
         run_tokenizer = os.path.join(workdir, "tokenizer.model")
-        data = prepare_shapes(config.data, build_if_missing=False,
+        data = prepare_data(config.data, build_if_missing=False,
                               tokenizer_path=run_tokenizer if os.path.exists(run_tokenizer) else None)
         mesh = shd.make_mesh(config.mesh)
         task, _, _, abstract_state, _ = setup_training(config, mesh)
@@ -47,7 +47,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
         step, state = _restore(checkpointer, abstract_state, step)
     finally:
         checkpointer.close()
-    print(f"Evaluating step {step} of {workdir} on shapes/{config.eval.split}.")
+    print(f"Evaluating step {step} of {workdir} on {data.name}/{config.eval.split}.")
     results, details = task.evaluate(state.params, data, config, config.eval.split, return_details=True)
     task.report(workdir, {"step": step, **results}, details, config)
     return results

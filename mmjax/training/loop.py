@@ -48,7 +48,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from mmjax.data.prepare import prepare_shapes
+from mmjax.data.prepare import prepare_data
 from mmjax.data.pipeline import make_train_loader
 from mmjax.evaluation.report import plot_training_curves, write_text_atomically
 from mmjax.training import sharding as shd
@@ -249,7 +249,7 @@ def _train_and_evaluate(
     # --- Data: build the dataset and tokenizer if missing, then the training iterator -----------
     # A run keeps its tokenizer in the run folder: a resumed run reads text exactly as before.
     run_tokenizer = os.path.join(workdir, "tokenizer.model")
-    data = prepare_shapes(config.data, tokenizer_path=run_tokenizer if os.path.exists(run_tokenizer) else None)
+    data = prepare_data(config.data, tokenizer_path=run_tokenizer if os.path.exists(run_tokenizer) else None)
     if is_main and data.tokenizer_path != run_tokenizer:
         shutil.copyfile(data.tokenizer_path, run_tokenizer)
 

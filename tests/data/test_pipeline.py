@@ -129,7 +129,7 @@ def test_flip_mirrors_the_caption_with_the_image(tokenizer):
     assert tokenizer.decode(out["token_ids"]) == "a red circle at the top right"
     keep = ContrastivePreprocess(tokenizer, 12)(example, np.random.default_rng(0))
     np.testing.assert_array_equal(keep["images"], example["image"])
-    with pytest.raises(ValueError, match="needs mirror_text"):
+    with pytest.raises(ValueError, match="cannot mirror its captions.*set --config.data.flip_probability=0"):
         ContrastivePreprocess(tokenizer, 12, flip_probability=0.5)
 
 

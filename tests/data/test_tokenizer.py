@@ -68,3 +68,32 @@ def test_tokenizer_survives_pickling(tokenizer):
 
     tok, _ = tokenizer
     assert pickle.loads(pickle.dumps(tok)).encode(CORPUS[3]) == tok.encode(CORPUS[3])
+
+
+def test_the_command_line_trains_a_tokenizer_on_any_corpus_that_a_config_then_names(tmp_path, capsys):
+    import json
+
+    from mmjax.data.prepare import prepare_data
+    from mmjax.data.tokenizer import main
+    from tests.training.test_loop import tiny_config
+
+    words = ["kayak", "harbour", "lighthouse", "seagull", "anchor", "sail", "rope", "tide"]
+    rng = np.random.default_rng(0)
+    captions = [" ".join(rng.choice(words, size=5)) for _ in range(200)]
+    (tmp_path / "corpus.txt").write_text("\n".join(captions[:100]) + "\n\n")
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps({"image": f"{i}.jpg", "caption": [c, "a boat"]}) + "\n"
+                                                     for i, c in enumerate(captions[100:])))
+    for corpus in ("corpus.txt", "captions.jsonl"):
+        output = tmp_path / f"{corpus}.model"
+        assert main(["--captions", str(tmp_path / corpus), "--vocab-size", "60", "--output", str(output)]) == 0
+        tokenizer = Tokenizer.load(str(output))
+        assert tokenizer.vocab_size == 60 and tokenizer.decode(tokenizer.encode("lighthouse tide")) == "lighthouse tide"
+    assert "Wrote " in capsys.readouterr().out
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    assert main(["--captions", str(tmp_path / "blank.txt"), "--vocab-size", "60", "--output", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'blank.txt'} holds no non-empty caption"
+
+    # config.data.tokenizer names it: the run uses that model, not one trained on the data's captions.
+    config = tiny_config(tmp_path / "data")
+    config.data.tokenizer = str(tmp_path / "corpus.txt.model")
+    assert prepare_data(config.data).tokenizer.vocab_size == 60

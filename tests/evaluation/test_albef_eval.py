@@ -13,7 +13,9 @@ def synthetic_split(seed, num_scenes=12, captions_per_image=3, dim=6):
     images = np.stack([centres[k] + 0.8 * rng.standard_normal(dim) for k in keys])
     texts = np.stack([centres[k] + 0.8 * rng.standard_normal(dim) for k in np.repeat(keys, captions_per_image)])
     return {"image_embeddings": images, "text_embeddings": texts, "scene_keys": keys,
-            "captions_per_image": captions_per_image}
+            "captions_per_image": captions_per_image,
+            "caption_image": np.repeat(np.arange(num_scenes), captions_per_image),
+            "first_caption": np.arange(num_scenes) * captions_per_image}
 
 
 def test_hard_negatives_are_the_most_similar_caption_of_another_scene():
