@@ -13,11 +13,12 @@ from mmjax.training.allocator import reexec_with_mimalloc
 
 reexec_with_mimalloc()  # first: XLA:CPU steps run 1.2-1.3x faster on mimalloc (allocator.py)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mmjax.training import distributed, host_devices  # noqa: E402
 from mmjax.training.loop import train_and_evaluate  # noqa: E402
+from mmjax.training.library_logs import route_library_logs  # noqa: E402
 from mmjax.training.user_errors import one_line_errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -36,9 +37,9 @@ _SPLIT_CPU = host_devices.define_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Library chatter (Orbax, TFDS) goes to the log only when it is a problem; progress bars and
-    # the results table are what a user reads.
-    logging.set_verbosity(logging.ERROR)
+    # Library chatter (Orbax, TFDS, JAX) goes to <workdir>/logs/train.log, the terminal shows only
+    # errors (and everything with --verbosity): progress bars and results are what a user reads.
+    route_library_logs("train")
     with one_line_errors():
         _JOIN_RUN(prepare=lambda num_processes: _SPLIT_CPU(_CONFIG.value, num_processes))
         train_and_evaluate(_CONFIG.value, _WORKDIR.value,

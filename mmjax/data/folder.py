@@ -330,6 +330,14 @@ class FolderDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split) for split in self._examples}
 
+    # TFDS announces a download "to" the staging folder and says where it prepared it: neither is
+    # true of a build, which prints its own summary (and names the final folder).
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _generate_examples(self, split: str):
         for example in self._examples[split]:
             with open(example["image"], "rb") as file:  # the encoded JPEG, stored as it is
@@ -420,9 +428,15 @@ def _build_into(staging: str, input_dir: str, name: str, options: BuildOptions) 
         raise ValueError(f"{input_dir}: no image is left for the training split ({summary.skipped} skipped; "
                          "lower --validation-fraction if they all fell into validation)")
 
-    # Pass 2: TFDS writes the ArrayRecord files of each non-empty split.
+    # Pass 2: TFDS writes the ArrayRecord files of each non-empty split. Its own progress bars
+    # would name the staging folder; one line says what happens instead.
+    print(f"Writing {summary.examples:,} examples as ArrayRecord files...", file=sys.stderr)
     builder = folder_builder(name)(data_dir=staging, examples={k: v for k, v in kept.items() if v})
-    builder.download_and_prepare(file_format="array_record")  # with TFDS's progress bars
+    tfds.disable_progress_bar()
+    try:
+        builder.download_and_prepare(file_format="array_record")
+    finally:
+        tfds.enable_progress_bar()
     shutil.rmtree(work)
     with open(os.path.join(dataset_dir, "class_names.json"), "w", encoding="utf-8") as file:
         json.dump(labels, file)

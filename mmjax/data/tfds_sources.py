@@ -21,6 +21,7 @@ generic "a photo of a {}." for others.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -124,7 +125,7 @@ def _expected_files(name: str, config: Any = None) -> str:
     """The files TFDS downloads for dataset `name`, for messages: read from the checksums file TFDS
     ships for it (`url size sha256 [filename]` lines, or `filename size sha256` for manual files), without constructing the builder,
     which may need TensorFlow. Where the file lists several configs' files, those that name the
-    default config ("2014" for coco_captions) are the ones meant."""
+    default config ("2014" for coco_captions) and those that name none are the ones meant."""
     import inspect
 
     import tensorflow_datasets as tfds
@@ -145,7 +146,10 @@ def _expected_files(name: str, config: Any = None) -> str:
             break
     config_name = getattr(config, "name", None)
     if config_name and any(config_name in n for n in names):
-        names = [n for n in names if config_name in n]
+        # Files of other configs name them ("train2017.zip" beside "train2014.zip"); files that
+        # name no config (COCO's "caption_datasets.zip", the Karpathy splits) serve every one.
+        others = {token for n in names for token in re.findall(r"\d{4}", n)} - {config_name}
+        names = [n for n in names if config_name in n or not any(token in n for token in others)]
     if not names:
         return "its downloaded files"
     return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")

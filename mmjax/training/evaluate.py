@@ -18,6 +18,7 @@ import ml_collections
 from mmjax.data.prepare import prepare_data
 from mmjax.training import sharding as shd
 from mmjax.training.checkpoint import CheckpointDamaged, Checkpointer
+from mmjax.training.library_logs import write_to_run_folder
 from mmjax.training.run_lock import live_holder
 from mmjax.training.setup import setup_training
 
@@ -35,6 +36,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
         if step is not None and step not in steps:
             raise FileNotFoundError(f"no checkpoint {step} in {checkpointer.directory}; it has steps "
                                     f"{', '.join(map(str, steps))}")
+        write_to_run_folder(workdir)  # a run folder indeed: library logs (eval.py's) go to its logs/
         run_tokenizer = os.path.join(workdir, "tokenizer.model")
         data = prepare_data(config.data, build_if_missing=False,
                               tokenizer_path=run_tokenizer if os.path.exists(run_tokenizer) else None)

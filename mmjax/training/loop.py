@@ -53,6 +53,7 @@ from mmjax.data.pipeline import make_train_loader
 from mmjax.evaluation.report import plot_training_curves, write_text_atomically
 from mmjax.training import sharding as shd
 from mmjax.training.checkpoint import Checkpointer
+from mmjax.training.library_logs import write_to_run_folder
 from mmjax.training.metric_writer import MetricWriter
 from mmjax.training.optimizer import skipped_step_counts
 from mmjax.training.run_lock import RunFolderLocked, RunLock
@@ -209,6 +210,8 @@ def train_and_evaluate(
         lock = hold_run_folder(workdir)
         if lock is not None:
             cleanup.callback(lock.release)
+        # The folder is this job's: library logs (when train.py reroutes them) go to its logs/.
+        write_to_run_folder(workdir, jax.process_index())
         return _train_and_evaluate(config, workdir, stop_after, fall_back_to_intact, cleanup)
 
 
@@ -246,16 +249,16 @@ def _train_and_evaluate(
     if is_main:
         write_text_atomically(os.path.join(workdir, "config.json"), config_to_json(config))
 
+    # --- Mesh, task, optimizer, state (first: a config mistake stops before any data is built) ---
+    mesh = shd.make_mesh(config.mesh)
+    task, schedule, init_fn, abstract_state, train_step = setup_training(config, mesh)
+
     # --- Data: build the dataset and tokenizer if missing, then the training iterator -----------
     # A run keeps its tokenizer in the run folder: a resumed run reads text exactly as before.
     run_tokenizer = os.path.join(workdir, "tokenizer.model")
     data = prepare_data(config.data, tokenizer_path=run_tokenizer if os.path.exists(run_tokenizer) else None)
     if is_main and data.tokenizer_path != run_tokenizer:
         shutil.copyfile(data.tokenizer_path, run_tokenizer)
-
-    # --- Mesh, task, optimizer, state ------------------------------------------------------------
-    mesh = shd.make_mesh(config.mesh)
-    task, schedule, init_fn, abstract_state, train_step = setup_training(config, mesh)
     local_batch_size = config.batch_size // jax.process_count()
     train_iter = make_train_loader(
         data.split("train"),

@@ -228,6 +228,11 @@ def test_a_second_job_refuses_a_live_run_and_kill_9_leaves_a_stale_lock_and_resu
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [row["step"] for row in rows if "loss" in row] == list(range(1, NUM_STEPS + 1))
     assert open(workdir / "run.lock").read() == ""  # released on a clean exit
+    # Orbax's INFO lines (a dozen per restore) went to the run's log, not the terminal; the job
+    # that was refused the folder wrote nothing there.
+    assert "orbax" not in out.lower() and "checkpoint_manager.py" not in out, out
+    log = open(workdir / "logs" / "train.log").read()
+    assert "checkpoint_manager.py" in log and f"pid={proc.pid} " in log and f"pid={second.pid} " not in log
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -45,13 +46,13 @@ def tiny_config(data_dir, num_steps=6, **overrides):
     return config
 
 
-def run_train_py(workdir, *flags: str) -> subprocess.CompletedProcess:
+def run_train_py(workdir, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python train.py --config configs/clip_tiny.py --workdir <workdir> <flags>`, its output
     captured: for the command line's own checks, which fail before any training."""
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/clip_tiny.py"),
          "--workdir", str(workdir), *flags],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        capture_output=True, text=True, cwd=REPO, timeout=300, env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -147,3 +148,19 @@ def test_config_typo_on_the_command_line_names_the_key(tmp_path):
     proc = run_train_py(tmp_path / "x", "--config.batch_sise=8")
     assert proc.returncode != 0
     assert "batch_sise" in proc.stderr
+
+
+def test_library_logs_go_to_the_run_folder_unless_verbosity_is_given(tmp_path):
+    # A config error found once the run holds its folder: by then JAX has started, and logged at
+    # INFO that it looked for a TPU (JAX_PLATFORMS unset: every platform is tried).
+    no_platform = {"JAX_PLATFORMS": ""}
+    quiet = run_train_py(tmp_path / "quiet", "--config.num_steps=3", "--config.data.data_dir=" + str(tmp_path),
+                         env=no_platform)
+    assert quiet.returncode == 1
+    assert quiet.stderr.strip() == "error: config.num_steps=3 must exceed config.optimizer.warmup_steps=50", quiet.stderr
+    log = (tmp_path / "quiet" / "logs" / "train.log").read_text()
+    assert re.search(r"^\S+ \S+ I pid=\d+ jax\._src\.xla_bridge xla_bridge\.py:\d+\] ", log, re.M), log
+    loud = run_train_py(tmp_path / "loud", "--config.num_steps=3", "--config.data.data_dir=" + str(tmp_path),
+                        "--verbosity=0", env=no_platform)
+    assert loud.returncode == 1 and "xla_bridge.py" in loud.stderr
+    assert not (tmp_path / "loud" / "logs").exists()
