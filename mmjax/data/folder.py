@@ -59,6 +59,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from mmjax.data.generated_builder import GeneratedDatasetMessages
 from mmjax.data.tokenizer import Tokenizer, train_tokenizer
 
 MANIFESTS = ("captions.jsonl", "captions.csv")
@@ -302,7 +303,7 @@ def split_of(path: str, seed: int, validation_fraction: float) -> str:
 # --- the TFDS builder ------------------------------------------------------------------------------------
 
 
-class FolderDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class FolderDataset(GeneratedDatasetMessages, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """The TFDS builder of a folder dataset; `folder_builder` makes one per dataset name.
 
     `examples` holds each split's prepared examples, their images as paths of JPEG files written
@@ -329,14 +330,6 @@ class FolderDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split) for split in self._examples}
-
-    # TFDS announces a download "to" the staging folder and says where it prepared it: neither is
-    # true of a build, which prints its own summary (and names the final folder).
-    def _log_download_bytes(self) -> None:
-        pass
-
-    def _log_download_done(self) -> None:
-        pass
 
     def _generate_examples(self, split: str):
         for example in self._examples[split]:

@@ -54,6 +54,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -62,6 +63,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmjax.data import shapes
+from mmjax.data.generated_builder import GeneratedDatasetMessages
 
 DEFAULT_SPLIT_SIZES = {
     "train": 20_000,
@@ -106,7 +108,7 @@ def _builder_config(world: shapes.ShapesConfig, split_sizes: dict[str, int]) -> 
     )
 
 
-class Shapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Shapes(GeneratedDatasetMessages, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """TFDS builder of the `shapes` benchmark (see `mmjax.data.shapes`).
 
     Not registered in TFDS's global registry (`skip_registration`): it is built by direct reference
@@ -303,6 +305,7 @@ def build_shapes(data_dir: str | os.PathLike, image_size: int = 64, **overrides:
     """
     builder = make_builder(data_dir, image_size, **overrides)
     if not builder.is_prepared():
+        print(f"Building the shapes dataset in {builder.data_dir} (once; later runs read it).", file=sys.stderr)
         builder.download_and_prepare(
             file_format="array_record",
             download_config=tfds.download.DownloadConfig(
