@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+import mmjax.training.checkpoint as checkpoint_lib
 from mmjax.training.checkpoint import CheckpointDamaged, Checkpointer, CheckpointSaveFailed, fingerprints
 from mmjax.training.evaluate import evaluate_checkpoint
 from mmjax.training.loop import train_and_evaluate
@@ -93,6 +94,24 @@ def test_fingerprints_see_a_flipped_bit_and_swapped_elements_but_not_the_shardin
     # Integer, boolean, half-precision and scalar leaves have fingerprints too.
     tree = {"step": jnp.int32(7), "mask": jnp.array([True, False]), "h": jnp.ones(3, jnp.bfloat16)}
     assert set(fingerprints(tree)) == {"step", "mask", "h"}
+
+
+def test_the_host_fingerprint_is_the_device_one():
+    """On a CPU the hash is computed by NumPy; on accelerators by the jitted reduction: the same."""
+    rng = np.random.default_rng(0)
+    mesh = jax.make_mesh((4, 2), ("a", "b"))
+    arrays = [
+        jax.device_put(jnp.asarray(rng.normal(size=(8, 6)), jnp.float32), NamedSharding(mesh, P("a", "b"))),
+        jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.bfloat16), jnp.asarray(rng.integers(-9, 9, 11), jnp.int8),
+        jnp.asarray(rng.random(4) > 0.5), jnp.int32(123456789), jax.random.key(3),
+        jnp.asarray(rng.normal(size=300_001), jnp.float32),
+    ]
+    with jax.enable_x64():
+        arrays.append(jnp.asarray(rng.normal(size=(2, 3)), jnp.float64))
+        device = jax.device_get(checkpoint_lib._fingerprint_arrays(arrays))
+    host = [checkpoint_lib.fingerprint_on_host(np.asarray(jax.random.key_data(x) if checkpoint_lib._is_key(x) else x))
+            for x in arrays]
+    assert host == [int(h) for h in device]
 
 
 def test_a_truncated_latest_checkpoint_falls_back_and_ends_where_the_intact_run_ended(trained, tmp_path, capsys):
