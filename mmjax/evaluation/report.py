@@ -243,8 +243,12 @@ def plot_retrieval_grid(
         raise ValueError("nothing to plot: no queries")
     line_height = 0.3  # inches per line of text at 11 pt, with spacing
     row_heights = [max(2.0, line_height * (len(retrieved) + 2)) for retrieved in retrieved_captions]
-    figure = Figure(figsize=(13, sum(row_heights)), layout="constrained")
-    grid = figure.add_gridspec(num_queries, 2, width_ratios=[1, 5], height_ratios=row_heights)
+    # Fixed margins instead of a constrained layout: its solver took half of the plot's time, and
+    # the rows' contents have known sizes.
+    height = sum(row_heights)
+    figure = Figure(figsize=(13, height))
+    grid = figure.add_gridspec(num_queries, 2, width_ratios=[1, 5], height_ratios=row_heights, left=0.01,
+                               right=0.99, top=1 - 0.1 / height, bottom=0.1 / height, wspace=0.02, hspace=0.08)
     for row in range(num_queries):
         image_axes = figure.add_subplot(grid[row, 0])
         _show_image(image_axes, query_images[row])
@@ -288,8 +292,11 @@ def plot_text_to_image_grid(
     k = hits.shape[1]
     if np.shape(retrieved_images)[1] != k:
         raise ValueError(f"retrieved_images has {np.shape(retrieved_images)[1]} images per row, hits {k}")
-    figure = Figure(figsize=(4 + 2.2 * k, 2.4 * num_queries), layout="constrained")
-    grid = figure.add_gridspec(num_queries, k + 1, width_ratios=[2] + [1] * k)
+    width, height = 4 + 2.2 * k, 2.4 * num_queries
+    figure = Figure(figsize=(width, height))  # fixed margins: see plot_retrieval_grid
+    grid = figure.add_gridspec(num_queries, k + 1, width_ratios=[2] + [1] * k, left=0.1 / width,
+                               right=1 - 0.1 / width, top=1 - 0.35 / height, bottom=0.1 / height,
+                               wspace=0.08, hspace=0.3)
     for row in range(num_queries):
         text_axes = figure.add_subplot(grid[row, 0])
         text_axes.set_axis_off()

@@ -152,6 +152,13 @@ def test_csv_and_jsonl_manifests_give_the_same_dataset(tmp_path):
         csv[i]["scene_key"] for i in range(len(csv)))
     # Integer labels sort as numbers.
     assert json.loads((tmp_path / "out_csv" / "pictures" / "class_names.json").read_text()) == ["0", "1", "2"]
+    # The same folder and seed give the same dataset, byte for byte.
+    build_folder_dataset(str(tmp_path / "jsonl"), str(tmp_path / "again"), "pictures", BuildOptions(image_size=8, vocab_size=40))
+    files = sorted((tmp_path / "out_jsonl" / "pictures" / "1.0.0").glob("*.array_record*"))
+    assert files and [f.read_bytes() for f in files] == [
+        (tmp_path / "again" / "pictures" / "1.0.0" / f.name).read_bytes() for f in files]
+    assert (tmp_path / "out_jsonl" / "pictures" / "tokenizer.model").read_bytes() == (
+        tmp_path / "again" / "pictures" / "tokenizer.model").read_bytes()
 
 
 def test_an_interrupted_build_leaves_nothing_and_the_next_one_starts_clean(tmp_path, monkeypatch):
