@@ -208,8 +208,10 @@ class ImageTextSource(Sequence):
 def image_text_split(name: str, split: str, data_dir: str | None, image_size: int,
                      manual_dir: str | None = None) -> ImageTextSource:
     if name not in IMAGE_TEXT_READERS:
-        raise ValueError(f"config.data.name={name!r}: mmjax reads the TFDS image-text sets "
-                         f"{sorted(IMAGE_TEXT_READERS)}, a built folder dataset, or 'shapes'")
+        raise ValueError(f"config.data.name={name!r} is not a dataset built in {data_dir} (build it with "
+                         f"`python -m mmjax.data.build --input DIR --output {data_dir} --name {name}`, or set "
+                         f"config.data.data_dir), nor a TFDS image-text set mmjax reads "
+                         f"({', '.join(sorted(IMAGE_TEXT_READERS))}), nor 'shapes'")
     builder = prepare_tfds(name, data_dir, manual_dir)
     return ImageTextSource(builder.as_data_source(split=split), IMAGE_TEXT_READERS[name], image_size)
 

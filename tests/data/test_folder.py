@@ -241,5 +241,5 @@ def test_a_folder_dataset_trains_and_evaluates_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"flip_probability=0.5.*cannot mirror.*set --config.data.flip_probability=0"):
         train_and_evaluate(config, str(tmp_path / "run3"))
     shutil.rmtree(tmp_path / "data" / "colours")
-    with pytest.raises(ValueError, match="mmjax reads the TFDS image-text sets"):
+    with pytest.raises(ValueError, match=r"config.data.name=.colours. is not a dataset built in \S+data \(build it with `python -m mmjax.data.build --input DIR --output \S+data --name colours`"):
         train_and_evaluate(config, str(tmp_path / "run4"))
