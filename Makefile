@@ -19,12 +19,12 @@ RUN = LD_PRELOAD="$$($(PY) -m mmjax.training.allocator)" $(PY)
 
 FUSION_CONFIGS := late_fusion_vqa_tiny early_fusion_vqa_tiny albef_tiny coca_tiny
 
-.PHONY: install train eval data digits fusion bench test test-slow test-all clean
+.PHONY: install train eval data digits fusion bench docs test test-slow test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,interop-test]"
+	$(PY) -m pip install --quiet -e ".[dev,interop-test,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -60,6 +60,10 @@ digits: install
 	test -f $(DIGITS_DATA)/digits/summary.json || $(PY) -m mmjax.data.build --input $(DIGITS_DATA)/digits_folder \
 	  --output $(DIGITS_DATA) --name digits --image-size 32 --validation-fraction 0.25 --text-len 16 --vocab-size 256
 	$(RUN) train.py --config configs/clip_digits.py --workdir runs/clip_digits --config.data.data_dir=$(DIGITS_DATA) $(ARGS)
+
+# The docs site into site/ (strict: a broken link, page or nav entry fails the build).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 test: install
 	$(RUN) -m pytest -q $(XDIST) $(PYTEST_ARGS)
