@@ -96,6 +96,7 @@ def scaled_dot_product_attention(
     if key.shape[1] != value.shape[1]:
         raise ValueError(f"key length {key.shape[1]} != value length {value.shape[1]}")
 
+    # --8<-- [start:core]
     # Scale the query, not the logits: one multiply over [b, q, h, d] instead of [b, h, q, k].
     head_dim = query.shape[-1]
     query = query / jnp.sqrt(head_dim).astype(query.dtype)
@@ -120,6 +121,7 @@ def scaled_dot_product_attention(
         # output (and its gradient) is exactly zero.
         any_valid = jnp.any(mask, axis=-1, keepdims=True)
         weights = jnp.where(any_valid, weights, 0.0)
+    # --8<-- [end:core]
 
     if not deterministic and dropout_rate > 0.0:
         if dropout_rng is None:
@@ -133,6 +135,7 @@ def scaled_dot_product_attention(
     )
 
 
+# --8<-- [start:masks]
 def make_causal_mask(length: int) -> Array:
     """Causal mask [1, 1, length, length]: position i may attend to positions j <= i."""
     idx = jnp.arange(length)
@@ -152,6 +155,7 @@ def make_padding_mask(query_valid: Array, key_valid: Array | None = None) -> Arr
     if key_valid is None:
         key_valid = query_valid
     return (query_valid[:, :, None] & key_valid[:, None, :])[:, None]
+# --8<-- [end:masks]
 
 
 def combine_masks(*masks: Array | None) -> Array | None:
