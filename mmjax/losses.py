@@ -53,6 +53,7 @@ def clip_loss(
     Returns:
       (loss [], metrics) where metrics holds the in-batch top-1 accuracy in both directions.
     """
+    # --8<-- [start:clip_loss]
     x = image_embeddings.astype(jnp.float32)
     y = text_embeddings.astype(jnp.float32)
     logits = jnp.asarray(logit_scale, jnp.float32) * x @ y.T  # [batch_images, batch_texts]
@@ -61,6 +62,7 @@ def clip_loss(
     log_p_t2i = jax.nn.log_softmax(logits, axis=0)
     loss_i2t = -jnp.mean(jnp.diagonal(log_p_i2t))
     loss_t2i = -jnp.mean(jnp.diagonal(log_p_t2i))
+    # --8<-- [end:clip_loss]
     metrics = {
         "i2t_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
         "t2i_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels),
@@ -120,6 +122,7 @@ def _sigmoid_block(
     texts (diagonal_is_positive, m = n) the diagonal is positive; on any other block every pair
     is a negative, so z = -1 throughout and no label matrix is built.
     """
+    # --8<-- [start:sigmoid_block]
     x = image_embeddings.astype(jnp.float32)
     y = text_embeddings.astype(jnp.float32)
     logits = jnp.asarray(logit_scale, jnp.float32) * x @ y.T + jnp.asarray(logit_bias, jnp.float32)
@@ -129,6 +132,7 @@ def _sigmoid_block(
         signs = -1.0
     # log_sigmoid, not log(sigmoid(...)): σ(-110) underflows to 0 in float32, log σ(-110) = -110
     return -jnp.sum(jax.nn.log_sigmoid(signs * logits)), logits
+    # --8<-- [end:sigmoid_block]
 
 
 # ------------------------------------------------------------------------------------------------
