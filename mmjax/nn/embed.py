@@ -59,10 +59,12 @@ class PatchEmbed(nn.Module):
         p = self.patch_size
         batch, image_h, image_w, channels = images.shape
         grid_h, grid_w = image_h // p, image_w // p
+        # --8<-- [start:patchify]
         # [batch, H, W, C] -> [batch, gh, p, gw, p, C] -> [batch, gh, gw, p, p, C]
         #                  -> [batch, gh·gw, p, p, C]: one patch per token, row-major.
         patches = images.reshape(batch, grid_h, p, grid_w, p, channels)
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid_h * grid_w, p, p, channels)
+        # --8<-- [end:patchify]
         return PatchProjection(
             self.width, self.use_bias, self.dtype, self.param_dtype, name="conv"
         )(patches)
@@ -174,12 +176,14 @@ def sincos_2d_position_embedding(
     """
     if width % 4:
         raise ValueError(f"sin-cos 2-D embeddings need width divisible by 4; got width={width}")
+    # --8<-- [start:sincos]
     y, x = np.mgrid[:grid_h, :grid_w]
     quarter = width // 4
     omega = 1.0 / temperature ** (np.arange(quarter) / max(quarter - 1, 1))
     y = y.reshape(-1)[:, None] * omega[None, :]
     x = x.reshape(-1)[:, None] * omega[None, :]
     return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+    # --8<-- [end:sincos]
 
 
 class LearnedPositionEmbedding(nn.Module):
