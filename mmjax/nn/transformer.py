@@ -146,6 +146,7 @@ class EncoderBlock(nn.Module):
         norm = functools.partial(
             nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype
         )
+        # --8<-- [start:block]
         h = norm(name="ln_attn")(x)
         h = MultiHeadAttention(
             num_heads=self.num_heads,
@@ -166,6 +167,7 @@ class EncoderBlock(nn.Module):
             name="mlp",
         )(h, deterministic=deterministic)
         return x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        # --8<-- [end:block]
 
 
 class _ScannedBlock(EncoderBlock):
@@ -199,6 +201,7 @@ def _apply_blocks(
     """
     # remat=True saves nothing (each block is recomputed whole); a policy saves what it names.
     policy = remat if callable(remat) else None
+    # --8<-- [start:scan]
     if scan:
         cls = nn.remat(scanned_cls, prevent_cse=False, static_argnums=static_argnums, policy=policy) if remat else scanned_cls
         stack = nn.scan(
@@ -218,6 +221,7 @@ def _apply_blocks(
     for i in range(depth):
         x = cls(**block_kwargs, name=f"block_{i}")(x, *args[1:])
     return x
+    # --8<-- [end:scan]
 
 class Encoder(nn.Module):
     """`depth` pre-LN blocks and a final LayerNorm: [batch, seq, width] -> [batch, seq, width].
