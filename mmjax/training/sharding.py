@@ -54,6 +54,7 @@ MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS)
 # The axes the batch dimension is split over (both are data parallel).
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 
+# --8<-- [start:rules]
 # Logical axis -> mesh axis (or axes, or None = not split). The first rule for a name wins.
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
@@ -66,6 +67,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("length", None),
     ("act_embed", None),
 )
+# --8<-- [end:rules]
 
 
 def mesh_shape(mesh_config: int | Mapping, num_devices: int) -> dict[str, int]:
