@@ -200,9 +200,11 @@ class ImageTextSource(Sequence):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, captions, key = self._read(self._source[index])
+        captions = [c for c in captions if c.strip()]
+        if not captions:  # training on an invented caption would teach the model a false pair
+            raise ValueError(f"example {index} (image {key}) of this TFDS split has no non-empty caption")
         square = resize_and_crop(Image.fromarray(image).convert("RGB"), self.image_size)
-        return {"image": square, "captions": [c for c in captions if c.strip()] or ["(no caption)"],
-                "scene_key": key, "label": -1}
+        return {"image": square, "captions": captions, "scene_key": key, "label": -1}
 
 
 def image_text_split(name: str, split: str, data_dir: str | None, image_size: int,

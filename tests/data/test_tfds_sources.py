@@ -8,7 +8,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mmjax.data.tfds_sources import CLIP_TEMPLATES, classification_set, image_text_split, prepare_tfds, readable
+from mmjax.data.tfds_sources import (CLIP_TEMPLATES, ImageTextSource, classification_set, coco_example,
+                                     image_text_split, prepare_tfds, readable)
 
 
 def test_a_classification_set_has_its_class_names_and_clip_templates(tmp_path):
@@ -55,6 +56,11 @@ def test_a_prepared_coco_captions_reads_as_the_pipeline_reads_examples(tmp_path)
     assert example["image"].shape == (24, 24, 3) and example["image"].dtype == np.uint8
     assert example["captions"] == ["a photo number 1"]  # the blank caption dropped
     assert example["label"] == -1 and example["scene_key"] == "101"
+    # An image whose every caption is blank is an error naming it, not a made-up caption.
+    blank = ImageTextSource([{"image": np.zeros((4, 4, 3), np.uint8), "image/id": 7,
+                              "captions": {"text": [b" ", b""]}}], coco_example, image_size=4)
+    with pytest.raises(ValueError, match=r"example 0 \(image 7\) of this TFDS split has no non-empty caption"):
+        blank[0]
 
 
 def test_an_unprepared_set_says_what_to_do(tmp_path, monkeypatch):
