@@ -19,7 +19,7 @@ RUN = LD_PRELOAD="$$($(PY) -m mmjax.training.allocator)" $(PY)
 
 FUSION_CONFIGS := late_fusion_vqa_tiny early_fusion_vqa_tiny albef_tiny coca_tiny
 
-.PHONY: install train eval data digits fusion bench docs test test-slow test-all clean
+.PHONY: install train eval data digits fusion bench docs docs-check test test-slow test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ digits: install
 # The docs site into site/ (strict: a broken link, page or nav entry fails the build).
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# Every page rendered in headless Chromium (apt install chromium): screenshots in
+# site-screenshots/, and a failure for math not typeset, code not highlighted or an image missing.
+# Offline: make docs-check ARGS="--mathjax /usr/share/javascript/mathjax/MathJax.js"
+docs-check: docs
+	$(PY) docs/render_check.py --site site --out site-screenshots $(ARGS)
 
 test: install
 	$(RUN) -m pytest -q $(XDIST) $(PYTEST_ARGS)

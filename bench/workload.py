@@ -91,6 +91,7 @@ def patch_embedding_flops(config) -> float:
 
 def forward_flops_per_example(config) -> float:
     """Model FLOPs of one example's forward pass (matmuls only; see the module docstring)."""
+    # --8<-- [start:forward_flops]
     image, text = config.model.image, config.model.text
     embed = config.model.embed_dim
 
@@ -102,6 +103,7 @@ def forward_flops_per_example(config) -> float:
     flops = tower(image.width, image.depth, image.mlp_dim, image_tokens(config))
     flops += patch_embedding_flops(config)
     flops += tower(text.width, text.depth, text.mlp_dim, config.data.text_len)
+    # --8<-- [end:forward_flops]
     return float(flops)
 
 

@@ -421,7 +421,7 @@ def masked_softmax_cross_entropy(
       (loss [], metrics) where metrics holds `accuracy` [] and `nll` [] (the unsmoothed CE,
       equal to the loss when ε = 0).
 
-    Example:
+    Examples:
       >>> logits = jnp.array([[2.0, 0.0], [0.0, 9.0]])
       >>> loss, metrics = masked_softmax_cross_entropy(logits, jnp.array([0, 0]), jnp.array([1, 0]))
       >>> round(float(loss), 4), float(metrics["accuracy"])   # only the first position counts
@@ -510,12 +510,14 @@ def sample_itm_negatives(rng: Array, similarity: Array, positive_mask: Array) ->
     similarity = jax.lax.stop_gradient(similarity).astype(jnp.float32)
     rng_text, rng_image = jax.random.split(rng)
 
+    # --8<-- [start:itm_negatives]
     # rule out the positives: -inf never wins the Gumbel-max argmax
     negative_logits = jnp.where(positive_mask, -jnp.inf, similarity)
 
     # one text per image (along a row), one image per text (along a column)
     text_for_image = jax.random.categorical(rng_text, negative_logits, axis=1)
     image_for_text = jax.random.categorical(rng_image, negative_logits, axis=0)
+    # --8<-- [end:itm_negatives]
 
     # rows/columns made only of positives: fall back to the least similar item, flagged invalid
     image_has_negative = jnp.any(~positive_mask, axis=1)

@@ -38,10 +38,10 @@ def test_the_walkthrough_names_modules_that_exist():
     """docs/README.md lists modules by file name under a heading naming their folder."""
     folder, missing, checked = None, [], 0
     for line in (REPO / "docs" / "README.md").read_text(encoding="utf-8").splitlines():
-        heading = re.match(r"^## .*`((?:mmjax)/[\w/]*)`", line)
+        heading = re.match(r"^##+ .*`((?:mmjax)/[\w/]*)`", line)
         if heading:
             folder = REPO / heading.group(1)
-        elif line.startswith("## "):
+        elif line.startswith("#"):
             folder = None
         elif folder is not None:
             for name in re.findall(r"`(\w+\.py)`", line):
@@ -79,7 +79,8 @@ def test_each_chapters_examples_run_and_print_what_it_shows(page, tmp_path):
     proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == "".join(expected).strip()
+    printed, shown = proc.stdout.strip(), "".join(expected).strip()
+    assert printed == shown, f"{page.name} prints:\n{printed}\n\nbut shows:\n{shown}"
 
 
 def test_the_site_builds_in_strict_mode(tmp_path):
@@ -91,3 +92,30 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "site" / "data" / "index.html").exists()
     shutil.rmtree(tmp_path / "site")
+
+
+def _has_runnable_examples(path: pathlib.Path) -> bool:
+    return any(">>> " in line and "+SKIP" not in line for line in path.read_text(encoding="utf-8").splitlines())
+
+
+# Modules whose docstrings hold `>>>` examples that can run here (a download's are marked +SKIP).
+DOCTEST_MODULES = sorted(
+    ".".join(path.relative_to(REPO).with_suffix("").parts)
+    for path in (REPO / "mmjax").rglob("*.py") if _has_runnable_examples(path)
+)
+
+
+@pytest.mark.parametrize("module_name", DOCTEST_MODULES)
+def test_the_docstring_examples_of_the_api_pages_run(module_name):
+    """The API pages render the docstrings; their `>>>` examples must print what they show."""
+    import doctest
+    import importlib
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    module = importlib.import_module(module_name)
+    result = doctest.testmod(module, extraglobs={"jax": jax, "jnp": jnp, "np": np},
+                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0, result

@@ -53,7 +53,7 @@ Beyond the toolkit. Its scorers always count n-grams up to 4, so `Bleu(n)` only 
 `Cider(n)` only for n = 4; here `max_n` and `n` may be any positive integer (other values have no
 toolkit numbers to match). Empty captions, which the toolkit scores silently, raise a ValueError.
 
-Example:
+Examples:
   >>> corpus_bleu(["a red circle"], [["a red circle", "one red circle"]])["bleu_1"]  # doctest: +ELLIPSIS
   0.99999999933...
 """
@@ -156,7 +156,7 @@ def corpus_bleu(
 
     Args:
       candidates: [N] one generated caption per image (raw text; tokenized here).
-      references: [N][m_i] the reference captions of each image, m_i ≥ 1.
+      references: `[N][m_i]`, the reference captions of each image, m_i ≥ 1.
       max_n: the longest n-gram; BLEU-1..max_n are all returned.
 
     Returns:
@@ -240,7 +240,7 @@ def cider_d(
 
     Args:
       candidates: [N] one generated caption per image (raw text; tokenized here).
-      references: [N][m_i] the reference captions of each image, m_i ≥ 1.
+      references: `[N][m_i]`, the reference captions of each image, m_i ≥ 1.
       n: the longest n-gram (the scores average orders 1..n).
       sigma: standard deviation, in words, of the Gaussian length penalty.
 

@@ -20,6 +20,7 @@ Two benchmarks measure what a CLIP-style model learned without training anything
        prediction(x) = argmax_k <normalize(x), c_k>
 
 Ranking, ties and memory:
+
 - The order is total: item i ranks before item j when S_i > S_j, or S_i = S_j and i < j (the lower
   index wins a tie). So every metric here is deterministic, whatever the chunk size, and a
   similarity of ties everywhere (a collapsed model) scores like chance-by-index rather than
@@ -111,7 +112,7 @@ def retrieval_recall(
     Returns:
       {K: recall@K} with values in [0, 1].
 
-    Example:
+    Examples:
       >>> retrieval_recall(np.eye(3), np.arange(3), np.arange(3), ks=(1,))
       {1: 1.0}
     """
@@ -308,7 +309,7 @@ def class_embeddings_from_prompts(prompt_embeddings: np.ndarray) -> np.ndarray:
 def format_prompts(
     class_names: Sequence[str], templates: Sequence[str] = PROMPT_TEMPLATES
 ) -> list[list[str]]:
-    """Every template filled with every class name: [num_classes][num_templates] strings.
+    """Every template filled with every class name: `[num_classes][num_templates]` strings.
 
     Embed these with the text tower, reshape to [num_classes, num_templates, dim] and pass the result
     to `class_embeddings_from_prompts`. Underscores in names ("pickup_truck") become spaces.

@@ -12,6 +12,7 @@ with OpenAI's channel statistics of its training set (`OPENAI_CLIP_MEAN`, `OPENA
 The result is channels-last, as mmjax's ViT takes it (PyTorch models take channels first).
 
 Two codebases, two conventions, both reproduced exactly because they differ by a pixel:
+
 - "torchvision" (OpenAI's `clip.py` and open_clip): resize, crop, then convert to RGB. The crop's
   top-left corner is `round((size - crop) / 2)` with Python's round-half-to-even.
 - "hf" (Hugging Face's `CLIPImageProcessor`): convert to RGB, resize, crop. The corner is

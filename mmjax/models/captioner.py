@@ -26,6 +26,7 @@ position 0, where the decoder's position embedding tells it apart, and generatio
 it *produces*, never at the one it is fed.
 
 Where this differs from the paper, and why:
+
 - Two text stacks instead of one split decoder. CoCa's decoder is one stack whose bottom half has
   no cross-attention (the unimodal text encoder, giving the contrastive text embedding) and whose
   top half reads the image (the multimodal decoder). Here the contrastive tower is a plain
@@ -371,7 +372,8 @@ def greedy_search(
     output is the same.
 
     Args:
-      model, params: the CoCa and its parameters.
+      model: the CoCa.
+      params: its parameters.
       images: [batch, H, W, 3].
       max_len: T, the number of tokens generated (static; at most the decoder's max_len).
       start_id: the token fed at step 0 (START_ID).
@@ -497,7 +499,13 @@ def beam_search(
     after max_len steps; the output is the same either way.
 
     Args:
-      model, params, images, max_len, start_id, eos_id, stop_early: as in `greedy_search`.
+      model: the CoCa.
+      params: its parameters.
+      images: [batch, H, W, 3].
+      max_len: T, the number of tokens generated (static).
+      start_id: the token fed at step 0.
+      eos_id: the end-of-sequence id.
+      stop_early: stop once every beam is finished (the output is the same).
       beam_size: K (static).
       length_penalty: α >= 0.
 
@@ -527,6 +535,7 @@ def beam_search(
         only_padding = jnp.full((vocab,), NEG_INF).at[PAD_ID].set(0.0)
         token_log_probs = jnp.where(finished[..., None], only_padding, token_log_probs)
 
+        # --8<-- [start:beam_step]
         # score every candidate (beam k, token v) and keep the K best
         candidate_log_probs = (log_probs[..., None] + token_log_probs).reshape(batch, num_beams * vocab)
         candidate_lengths = jnp.repeat(jnp.where(finished, lengths, step + 1), vocab, axis=1)
@@ -540,6 +549,7 @@ def beam_search(
         log_probs = jnp.take_along_axis(candidate_log_probs, best, axis=1)
         lengths = jnp.take_along_axis(candidate_lengths, best, axis=1)
         finished = jnp.take_along_axis(finished, parent, axis=1) | (token == eos_id)
+        # --8<-- [end:beam_step]
 
         # the cache follows the parents
         rows = (jnp.arange(batch)[:, None] * num_beams + parent).reshape(-1)

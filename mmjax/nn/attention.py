@@ -17,6 +17,7 @@ Self-attention is the case where query, key and value come from one sequence; cr
 key/value from another, so q_len and kv_len may differ.
 
 Numerics, and why:
+
 - The logits and the softmax are computed in float32 even when the model runs in bfloat16: the
   exponentials of a bfloat16 softmax lose most of their precision for long rows.
 - Masked logits are set to the most negative finite float32 rather than -inf: -inf - (-inf) in the
@@ -81,7 +82,7 @@ def scaled_dot_product_attention(
     Returns:
       [batch, q_len, heads, head_dim_v] in the dtype of `value`. Rows whose mask is all False are 0.
 
-    Example:
+    Examples:
       >>> q = jnp.ones((2, 3, 4, 8)); kv = jnp.ones((2, 5, 4, 8))
       >>> scaled_dot_product_attention(q, kv, kv).shape
       (2, 3, 4, 8)
@@ -268,7 +269,7 @@ class MultiHeadAttention(nn.Module):
       values come from the fixed context, and callers recompute them each step (see
       `CrossAttentionBlock`).
 
-    Example:
+    Examples:
       >>> mha = MultiHeadAttention(num_heads=2)
       >>> variables = mha.init(jax.random.key(0), jnp.zeros((1, 8, 16)), decode=True)
       >>> variables['cache']['cached_key'].shape

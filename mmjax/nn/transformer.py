@@ -413,8 +413,9 @@ class CrossAttentionStack(nn.Module):
     a leading [depth] axis (`blocks/...`), and so is the decoding cache: `cached_key` and
     `cached_value` are [depth, batch, max_len, heads, head_dim], `cache_index` is [depth].
 
-    Decoding (requires `causal=True`):
+    Decoding requires `causal=True`.
 
+    Examples:
       >>> stack = CrossAttentionStack(depth=2, num_heads=2, mlp_dim=32, causal=True)
       >>> image_tokens = jnp.zeros((1, 5, 16))
       >>> # The cache takes its [batch, max_len] from the dummy text passed to init.

@@ -71,6 +71,7 @@ def loss_and_grads(task: Any, params: Any, batch: dict, rng: jax.Array, num_micr
     rngs = jax.random.split(rng, num_microbatches)
 
     if hasattr(task, "features"):
+        # --8<-- [start:grad_cache]
         # Pass 1: the features of every microbatch (no gradient is kept).
         def embed(_, inputs):
             mb, r = inputs
@@ -90,6 +91,7 @@ def loss_and_grads(task: Any, params: Any, batch: dict, rng: jax.Array, num_micr
             return jax.tree.map(jnp.add, grads, vjp(cotangent)[0]), None
 
         grads, _ = jax.lax.scan(backprop, direct_grads, (micro, rngs, feature_grads))
+        # --8<-- [end:grad_cache]
         return (loss, metrics), grads
 
     if not getattr(task, "per_example_loss", False):
