@@ -19,7 +19,7 @@ RUN = LD_PRELOAD="$$($(PY) -m mmjax.training.allocator)" $(PY)
 
 FUSION_CONFIGS := late_fusion_vqa_tiny early_fusion_vqa_tiny albef_tiny coca_tiny
 
-.PHONY: install train eval data digits fusion bench docs docs-check test test-slow test-all clean
+.PHONY: install train eval data digits detection fusion bench docs docs-check test test-slow test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ train: install
 
 eval: install
 	$(RUN) eval.py --config $(CONFIG) --workdir $(WORKDIR) $(ARGS)
+
+# Open-vocabulary detection (OWL-ViT) from clip_tiny's towers: clip_tiny is trained first if
+# runs/clip_tiny has no checkpoint; then the detector trains and is evaluated on the test and
+# compositional_test splits (runs/detection_tiny/results.json, detections_*.png).
+detection: install
+	test -n "$$(ls runs/clip_tiny/checkpoints 2>/dev/null)" || $(RUN) train.py --config configs/clip_tiny.py --workdir runs/clip_tiny
+	$(RUN) train.py --config configs/detection_tiny.py --workdir runs/detection_tiny $(ARGS)
 
 # The four fusion families on the same VQA questions (about 40 minutes on 2 CPU cores).
 fusion: install

@@ -11,6 +11,9 @@ bfloat16 logits loses the small differences that carry the gradient signal.
     itm_loss                  mid fusion: does this image match this text? (2-way softmax CE)
     mlm_loss                  mid fusion: predict masked text tokens from the image and the text
     caption_loss              generation: teacher-forced next-token CE (BLIP's decoder, captioners)
+    sigmoid_focal_loss        detection: per-(box, query) binary loss that down-weights easy negatives
+    match_predictions         detection: DETR's optimal assignment of predicted to true boxes
+    detection_set_loss        detection: DETR's set loss (matching, then focal + L1 + GIoU; OWL-ViT)
 
 The two sharded losses run inside `jax.shard_map` over the mesh axes that split the batch and
 equal their unsharded formula (value, gradients and accuracies, up to float rounding); without a
@@ -29,6 +32,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.sharding import AbstractMesh, Mesh, PartitionSpec
+
+from mmjax.boxes import cxcywh_to_xyxy, elementwise_generalized_iou, pairwise_generalized_iou, pairwise_iou
+from mmjax.linear_assignment import batched_linear_sum_assignment
 
 Array = jax.Array
 
@@ -621,3 +627,150 @@ def caption_loss(
         logits, target_ids, target_ids != pad_id, label_smoothing=label_smoothing
     )
     return loss, {"accuracy": metrics["accuracy"], "perplexity": jnp.exp(metrics["nll"])}
+
+
+# ------------------------------------------------------------------------------------------------
+# Detection: DETR's set loss.
+# ------------------------------------------------------------------------------------------------
+
+
+def sigmoid_focal_loss(logits: Array, targets: Array, alpha: float = 0.25, gamma: float = 2.0) -> Array:
+    """Elementwise focal loss of sigmoid logits (Lin et al., 2017), float32, same shape as logits.
+
+    With p = σ(x), target y ∈ {0, 1}, p_t = p if y = 1 else 1 − p and α_t = α if y = 1 else 1 − α:
+
+        FL(x, y) = −α_t (1 − p_t)^γ log p_t
+
+    log p_t is computed from the logits (log σ(x) = −softplus(−x)), so it is finite for any x.
+    Why focal: a detector's (box, query) pairs are almost all negatives, most of them easy (a
+    background patch against a query absent from the image); (1 − p_t)^γ makes the ones already
+    classified well contribute almost nothing, so the few positives and the hard negatives
+    decide the gradient. γ = 0, α = 1/2 is half the plain binary cross-entropy.
+    """
+    x = logits.astype(jnp.float32)
+    y = targets.astype(jnp.float32)
+    p = jax.nn.sigmoid(x)
+    cross_entropy = y * jax.nn.softplus(-x) + (1.0 - y) * jax.nn.softplus(x)  # −log p_t
+    p_t = y * p + (1.0 - y) * (1.0 - p)
+    alpha_t = y * alpha + (1.0 - y) * (1.0 - alpha)
+    return alpha_t * (1.0 - p_t) ** gamma * cross_entropy
+
+
+class DetectionLossWeights(NamedTuple):
+    """λ of each term, the same in the matching cost and in the loss (Deformable DETR's values,
+    which OWL-ViT keeps): class 2, L1 5, GIoU 2."""
+
+    class_weight: float = 2.0
+    l1_weight: float = 5.0
+    giou_weight: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+def matching_cost(logits: Array, boxes: Array, target_boxes: Array, target_queries: Array,
+                  weights: DetectionLossWeights = DetectionLossWeights()) -> Array:
+    """The cost of assigning prediction n to true box t, [B, T, N] (float32, no gradient).
+
+        C[t, n] = λ_cls · (FL(x_{n,q_t}, 1) − FL(x_{n,q_t}, 0))       prediction n's class score for t's query
+                + λ_L1  · ‖b_n − b̂_t‖₁                                 (cx, cy, w, h)
+                − λ_GIoU · GIoU(b_n, b̂_t)
+
+    The class term is Deformable DETR's focal cost: what labelling n as t's class would save over
+    labelling it background, low where n already scores t's query high.
+
+    Args:
+      logits: [B, N, Q] sigmoid logits of N predictions against each image's Q queries.
+      boxes: [B, N, 4] predicted (cx, cy, w, h).
+      target_boxes: [B, T, 4] true (cx, cy, w, h), padded.
+      target_queries: [B, T] int, the index among the image's queries of each true box's class.
+    """
+    logits, boxes = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(boxes)
+    # x_{n, q_t}: every prediction's logit for the query of every target, [B, T, N]
+    target_logits = jnp.take_along_axis(logits, target_queries[:, None, :], axis=2).swapaxes(1, 2)
+    focal = functools.partial(sigmoid_focal_loss, alpha=weights.focal_alpha, gamma=weights.focal_gamma)
+    class_cost = focal(target_logits, jnp.ones_like(target_logits)) - focal(target_logits, jnp.zeros_like(target_logits))
+    l1_cost = jnp.sum(jnp.abs(target_boxes[:, :, None, :] - boxes[:, None, :, :]), axis=-1)
+    giou = pairwise_generalized_iou(cxcywh_to_xyxy(target_boxes), cxcywh_to_xyxy(boxes))
+    return weights.class_weight * class_cost + weights.l1_weight * l1_cost - weights.giou_weight * giou
+
+
+def match_predictions(cost: Array, target_valid: Array) -> Array:
+    """DETR's bipartite matching: for each true box, the prediction it is assigned, [B, T] int32
+    (-1 for padding targets).
+
+        σ* = argmin_σ Σ_{t valid} C[t, σ(t)]      σ injective: each prediction takes at most one box
+
+    solved exactly per image by the Hungarian algorithm in JAX (`mmjax.linear_assignment`), inside
+    the jitted step: a host callback to SciPy would stop every device at every step to wait for
+    the host, and could not run on an accelerator at all. Padding targets (target_valid False)
+    do not change the assignment of the real ones. No gradient flows through the assignment.
+    """
+    return batched_linear_sum_assignment(jax.lax.stop_gradient(cost), target_valid).row_to_col
+
+
+def detection_set_loss(
+    logits: Array,
+    boxes: Array,
+    target_boxes: Array,
+    target_queries: Array,
+    target_valid: Array,
+    query_valid: Array | None = None,
+    weights: DetectionLossWeights = DetectionLossWeights(),
+) -> tuple[Array, dict[str, Array]]:
+    """DETR's set loss with OWL-ViT's sigmoid classification, over a batch of images.
+
+    Each image has N predictions (one per patch token), Q text queries and up to T true boxes,
+    each labelled with the index of its class among the image's queries. First the predictions
+    are matched one-to-one to the true boxes (`matching_cost`, `match_predictions`); then, with
+    σ(t) the prediction matched to box t and M = max(1, number of true boxes in the batch):
+
+        y[n, q]  = 1 if n = σ(t) and q = q_t for some box t, else 0
+        L_cls    = 1/M Σ_{n, q valid} FL(x_{n,q}, y[n, q])
+        L_L1     = 1/M Σ_t ‖b_σ(t) − b̂_t‖₁
+        L_GIoU   = 1/M Σ_t (1 − GIoU(b_σ(t), b̂_t))
+        loss     = λ_cls L_cls + λ_L1 L_L1 + λ_GIoU L_GIoU
+
+    Unmatched predictions learn only "no query here". Normalising by the number of boxes, not of
+    predictions, keeps the loss per object: a batch of emptier scenes does not weigh less.
+
+    Args:
+      logits: [B, N, Q] float, sigmoid logits.
+      boxes: [B, N, 4] float, predicted (cx, cy, w, h) in [0, 1].
+      target_boxes: [B, T, 4] float, true (cx, cy, w, h), padded (any value) where not valid.
+      target_queries: [B, T] int in [0, Q).
+      target_valid: [B, T] bool.
+      query_valid: [B, Q] bool, False for padding queries (no loss), or None (all valid).
+      weights: the λ and the focal loss's α, γ.
+
+    Returns:
+      (loss [], {"class_loss", "l1_loss", "giou_loss", "matched_iou"}), each [].
+    """
+    logits, boxes = logits.astype(jnp.float32), boxes.astype(jnp.float32)
+    target_boxes = target_boxes.astype(jnp.float32)
+    batch, num_predictions, num_queries = logits.shape
+    valid = target_valid.astype(jnp.float32)
+    num_boxes = jnp.maximum(jnp.sum(valid), 1.0)
+
+    # --8<-- [start:set_loss]
+    cost = matching_cost(logits, boxes, target_boxes, target_queries, weights)
+    assigned = jnp.maximum(match_predictions(cost, target_valid), 0)  # padding targets: any index, weight 0
+
+    # One-hot class targets at (σ(t), q_t) of every real box: [B, N, Q]
+    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], assigned.shape)
+    targets = jnp.zeros_like(logits).at[rows, assigned, target_queries].max(valid)
+    focal = sigmoid_focal_loss(logits, targets, weights.focal_alpha, weights.focal_gamma)
+    if query_valid is not None:
+        focal = focal * query_valid[:, None, :].astype(jnp.float32)
+    class_loss = jnp.sum(focal) / num_boxes
+
+    matched = jnp.take_along_axis(boxes, assigned[..., None], axis=1)  # [B, T, 4]
+    l1_loss = jnp.sum(jnp.abs(matched - target_boxes).sum(-1) * valid) / num_boxes
+    giou = elementwise_generalized_iou(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(target_boxes))
+    giou_loss = jnp.sum((1.0 - giou) * valid) / num_boxes
+    loss = weights.class_weight * class_loss + weights.l1_weight * l1_loss + weights.giou_weight * giou_loss
+    # --8<-- [end:set_loss]
+
+    iou = jnp.diagonal(pairwise_iou(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(target_boxes)), axis1=-2, axis2=-1)
+    return loss, {"class_loss": class_loss, "l1_loss": l1_loss, "giou_loss": giou_loss,
+                  "matched_iou": jnp.sum(iou * valid) / num_boxes}
+

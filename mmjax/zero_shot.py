@@ -132,21 +132,11 @@ def _load_imported(checkpoint: str, tokenizer_path: str | None, quick_gelu: bool
 
 def _load_mmjax_run(workdir: str, config: Any) -> ZeroShotClassifier:
     """The latest checkpoint of a run, restored as `eval.py` does, with the run's tokenizer."""
-    from mmjax.data.tokenizer import Tokenizer
-    from mmjax.training import sharding as shd
-    from mmjax.training.checkpoint import Checkpointer
-    from mmjax.training.setup import setup_training
+    from mmjax.training.evaluate import load_run
 
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with train.py")
-    task, _, _, abstract_state, _ = setup_training(config, shd.make_mesh(config.mesh))
+    task, params, _, tokenizer = load_run(workdir, config)
     if not hasattr(task, "encode_images") or not hasattr(task, "encode_texts"):
         raise ValueError(f"the task of this config ({type(task).__name__}) has no image and text encoders")
-    params = checkpointer.restore(abstract_state, data_iterator=None, step=step).params
-    checkpointer.close()
-    tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer.model"))
     image_fn, text_fn = jax.jit(task.encode_images), jax.jit(task.encode_texts)
     scale = task.model.apply({"params": params}, method=CLIP.logit_scalars)["logit_scale"]
     # mmjax's tasks normalise uint8 pixels themselves, inside the compiled function.

@@ -73,3 +73,24 @@ def _restore(checkpointer: Checkpointer, abstract_state: Any, step: int | None, 
             raise CheckpointDamaged(damage.directory, damage.step, f"{damage.reason}. {hint}") from None
     raise FileNotFoundError(f"the latest checkpoint in {checkpointer.directory} was deleted {attempts} times "
                             "while being read (a training job keeps replacing it); pass --step")
+
+
+def load_run(workdir: str, config: ml_collections.ConfigDict):
+    """(task, params, step, tokenizer) of the latest checkpoint of a run folder, restored as for
+    evaluation, with the run's own tokenizer: what a command-line tool on a trained run needs."""
+    from mmjax.data.tokenizer import Tokenizer
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first with train.py")
+        task, _, _, abstract_state, _ = setup_training(config, shd.make_mesh(config.mesh))
+        params = checkpointer.restore(abstract_state, data_iterator=None, step=step).params
+    finally:
+        checkpointer.close()
+    tokenizer_path = os.path.join(workdir, "tokenizer.model")
+    if not os.path.exists(tokenizer_path):
+        raise FileNotFoundError(f"{tokenizer_path} is missing: the run folder is incomplete")
+    return task, params, step, Tokenizer.load(tokenizer_path)
+
