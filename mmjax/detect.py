@@ -108,7 +108,8 @@ def _run(flags: types.SimpleNamespace) -> None:
         os.makedirs(flags.output.value, exist_ok=True)
     for result in results:
         print(f"{os.path.basename(result['image'])} ({result['size'][0]}x{result['size'][1]}): "
-              f"{len(result['detections'])} boxes with score >= {flags.threshold.value}")
+              f"{len(result['detections'])} box{'es' if len(result['detections']) != 1 else ''} with score >= "
+              f"{flags.threshold.value}")
         for d in result["detections"]:
             print(f"  {d['score']:.3f}  {d['query']:<24s} {d['box']}")
         if flags.output.value:

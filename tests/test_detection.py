@@ -14,7 +14,7 @@ import pytest
 from mmjax.data import shapes
 from mmjax.data.detection import DetectionPreprocess, query_phrase, tokenize_queries, training_class_ids
 from mmjax.data.tokenizer import train_tokenizer
-from mmjax.detect import parse_queries
+from mmjax.detect import detect_images, draw, parse_queries
 from mmjax.evaluation.detection_eval import plot_detections, top_detections
 from mmjax.losses import DetectionLossWeights, detection_set_loss
 from mmjax.models.detection import OpenVocabularyDetector
@@ -31,7 +31,7 @@ B, Q, T, L = 4, 5, 3, 6  # images, queries per image, boxes per image, query len
 def tiny_model() -> OpenVocabularyDetector:
     return OpenVocabularyDetector(
         image_encoder=ViT(patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, pool="mean"),
-        text_encoder=TextTransformer(vocab_size=40, max_len=L, width=32, depth=1, num_heads=2, mlp_dim=64),
+        text_encoder=TextTransformer(vocab_size=128, max_len=L, width=32, depth=1, num_heads=2, mlp_dim=64),
         embed_dim=16, box_hidden=32,
     )
 
@@ -178,7 +178,7 @@ def tiny_detection_config(batch_size: int = 8) -> ml_collections.ConfigDict:
         data=dict(image_size=24, max_boxes=T, num_queries=Q, query_len=L),
         model=dict(embed_dim=16, box_hidden=32,
                    image=dict(patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, pool="mean"),
-                   text=dict(vocab_size=40, max_len=L, width=32, depth=1, num_heads=2, mlp_dim=64)),
+                   text=dict(vocab_size=128, max_len=L, width=32, depth=1, num_heads=2, mlp_dim=64)),
         freeze=("^text_encoder/", "^text_projection/"),
         optimizer=dict(learning_rate=3e-3, end_learning_rate=0.0, warmup_steps=1, weight_decay=0.0,
                        b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0),
@@ -290,3 +290,24 @@ def test_evaluation_takes_the_best_token_class_pairs_and_draws_them(tmp_path):
     truth = [(np.array([[0.4, 0.4, 0.6, 0.6]]), np.array([1]))]
     out = plot_detections(image[None], truth, [(xyxy, labels, top)], str(tmp_path / "d.png"))
     assert (tmp_path / "d.png").stat().st_size > 1000 and out.endswith("d.png")
+
+
+def test_the_command_line_maps_boxes_back_to_each_images_pixels(tmp_path):
+    """A wide photo is centre-cropped to the model's square: every box lands inside the crop, in
+    the original image's pixels, and the pictures are drawn."""
+    from PIL import Image
+
+    model, params, _ = initialised()
+    config = ml_collections.ConfigDict(dict(data=dict(image_size=24, query_len=L)))
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (30, 60, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
+    results = detect_images(DetectionTask(model), params, shapes_tokenizer(), config, [str(tmp_path / "wide.png")],
+                            ["red circle", "blue"], threshold=0.0)
+    found = results[0]["detections"]
+    assert results[0]["size"] == [60, 30] and len(found) == 9 * 2  # every token, both queries
+    assert [d["score"] for d in found] == sorted((d["score"] for d in found), reverse=True)
+    boxes = np.array([d["box"] for d in found])
+    assert (boxes[:, [0, 2]] >= 15 - 1e-3).all() and (boxes[:, [0, 2]] <= 45 + 1e-3).all()  # the crop is x in [15, 45]
+    assert (boxes[:, [1, 3]] >= -1e-3).all() and (boxes[:, [1, 3]] <= 30 + 1e-3).all()
+    assert {d["query"] for d in found} == {"red circle", "blue"}
+    draw(str(tmp_path / "wide.png"), found[:3], str(tmp_path / "out.png"))
+    assert (tmp_path / "out.png").stat().st_size > 1000

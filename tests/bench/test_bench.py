@@ -24,8 +24,9 @@ SMALL_S16 = {  # clip_s16's architecture (GELU, class token, ln_pre, no patch bi
 }
 
 
+# clip_tiny's count is checked by the example of docs/performance.md, which the docs tests run
+# (the same computation at batch 8); here, the architecture of clip_s16 (slow).
 @pytest.mark.parametrize("path, overrides", [
-    ("configs/clip_tiny.py", {"batch_size": 16}),
     pytest.param("configs/clip_s16.py", SMALL_S16, marks=pytest.mark.slow),
 ])
 def test_analytic_flops_equal_the_compiled_gradients_matmuls(path, overrides):
