@@ -8,9 +8,11 @@ CONFIG ?= configs/clip_tiny.py
 WORKDIR ?= runs/$(basename $(notdir $(CONFIG)))
 ARGS ?=
 PYTEST_ARGS ?=
-# Test files run in parallel, one worker per core up to 4 (pytest-xdist; each file's tests stay on
-# one worker, so its module fixtures are built once). TEST_WORKERS=0 runs them in this process.
-TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
+# Test files run in parallel (pytest-xdist; each file's tests stay on one worker, so its module
+# fixtures are built once), one worker more than there are cores, up to 4: a worker often waits
+# (on a train.py subprocess it started, on XLA's single-threaded compiler) and the extra one keeps
+# the cores busy meanwhile. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0)) + 1))" 2>/dev/null || echo 3)
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 # mimalloc (a dependency on Linux, from PyPI) keeps the memory XLA:CPU frees between steps instead
 # of returning it to the kernel: 1.2-1.3x faster CPU training steps (mmjax/training/allocator.py).

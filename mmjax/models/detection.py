@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.models.clip import PROJECTION_INIT, l2_normalize
-from mmjax.models.fusion import attribute_names, check_fields
+from mmjax.models.fusion import build_towers
 from mmjax.models.text import TextTransformer
 from mmjax.models.vit import ViT
 
@@ -165,13 +165,10 @@ def build_detector(config: Any) -> OpenVocabularyDetector:
     """An OpenVocabularyDetector from a config section with `image`, `text` (the ViT's and the
     TextTransformer's attributes, by name: the CLIP run's), `embed_dim` and optionally
     `box_hidden`. Unknown fields raise an error naming them."""
-    check_fields("model", config.keys(), ("image", "text", "embed_dim", "box_hidden"))
-    image_kwargs, text_kwargs = dict(config["image"]), dict(config["text"])
-    check_fields("model.image", image_kwargs, attribute_names(ViT))
-    check_fields("model.text", text_kwargs, attribute_names(TextTransformer))
+    image_encoder, text_encoder = build_towers(config, ("embed_dim", "box_hidden"))
     return OpenVocabularyDetector(
-        image_encoder=ViT(**image_kwargs),
-        text_encoder=TextTransformer(**text_kwargs),
+        image_encoder=image_encoder,
+        text_encoder=text_encoder,
         embed_dim=config["embed_dim"],
         box_hidden=config.get("box_hidden"),
     )

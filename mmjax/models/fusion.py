@@ -509,6 +509,16 @@ def check_fields(section: str, given: Iterable[str], known: Iterable[str]) -> No
         )
 
 
+def build_towers(config: Any, other_fields: Iterable[str]) -> tuple[ViT, TextTransformer]:
+    """The ViT and TextTransformer of a config section whose `image` and `text` hold their
+    attributes by name, besides `other_fields`; any unknown field is a ValueError naming it."""
+    check_fields("model", config.keys(), ("image", "text", *other_fields))
+    image_kwargs, text_kwargs = dict(config["image"]), dict(config["text"])
+    check_fields("model.image", image_kwargs, attribute_names(ViT))
+    check_fields("model.text", text_kwargs, attribute_names(TextTransformer))
+    return ViT(**image_kwargs), TextTransformer(**text_kwargs)
+
+
 def build_mid_fusion(config: Any) -> MidFusion:
     """Builds a MidFusion from a config section (a ConfigDict or dict) with fields:
 
@@ -562,13 +572,10 @@ def build_late_fusion_classifier(config: Any) -> LateFusionClassifier:
 
     Unknown fields raise a ValueError that names them.
     """
-    check_fields("model", config.keys(), ("num_answers", "image", "text", "hidden_dim"))
-    image_kwargs, text_kwargs = dict(config["image"]), dict(config["text"])
-    check_fields("model.image", image_kwargs, attribute_names(ViT))
-    check_fields("model.text", text_kwargs, attribute_names(TextTransformer))
+    image_encoder, text_encoder = build_towers(config, ("num_answers", "hidden_dim"))
     return LateFusionClassifier(
-        image_encoder=ViT(**image_kwargs),
-        text_encoder=TextTransformer(**text_kwargs),
+        image_encoder=image_encoder,
+        text_encoder=text_encoder,
         num_answers=config["num_answers"],
         hidden_dim=config.get("hidden_dim"),
     )

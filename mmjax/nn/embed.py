@@ -71,7 +71,8 @@ class PatchEmbed(nn.Module):
 
 
 class PatchProjection(nn.Module):
-    """tokens = patches · W + b: [batch, N, p, p, C] -> [batch, N, width], W [p, p, C, width].
+    """tokens = patches · W + b: [batch, N, p, p, C] -> [batch, N, width], W [p, p, C, width]
+    (and likewise for any patch shape: [batch, N, *patch] -> [batch, N, width], W [*patch, width]).
 
     W and its name ("conv") are those of the equivalent strided convolution: the layout of
     big_vision's and timm's checkpoints and of the open_clip/HF converters, and, with lecun_normal
@@ -85,12 +86,15 @@ class PatchProjection(nn.Module):
 
     @nn.compact
     def __call__(self, patches: Array) -> Array:
-        *_, p_h, p_w, channels = patches.shape
+        # [batch, N, *patch]: an image patch (p, p, C), a video tubelet (tt, p, p, C), a
+        # spectrogram patch (pf, pm, 1). W is [*patch, width]; lecun_normal's fan-in is the
+        # patch's size either way.
+        patch_shape = patches.shape[2:]
         # FSDP splits the output width.
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-            (p_h, p_w, channels, self.width),
+            nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None,) * len(patch_shape) + ("embed",)),
+            (*patch_shape, self.width),
             self.param_dtype,
         )
         bias = (
@@ -98,7 +102,7 @@ class PatchProjection(nn.Module):
             if self.use_bias else None
         )
         patches, kernel, bias = nn.dtypes.promote_dtype(patches, kernel, bias, dtype=self.dtype)
-        tokens = linear.tensordot(patches, kernel, axes=3)  # bnhwc,hwcd->bnd
+        tokens = linear.tensordot(patches, kernel, axes=len(patch_shape))  # bnhwc,hwcd->bnd
         return tokens if bias is None else tokens + bias
 
 
@@ -238,3 +242,140 @@ class TokenEmbed(nn.Module):
 
     def attend(self, vectors: Array) -> Array:
         return self.embed.attend(vectors)
+
+
+# ------------------------------------------------------------------------------------------------
+# Video and audio: the same reshape and one matmul, over tubelets and spectrogram patches.
+# ------------------------------------------------------------------------------------------------
+
+
+class TubeletEmbed(nn.Module):
+    """[batch, T, H, W, C] video -> [batch, (T/tt)·(H/p)·(W/p), width] tubelet tokens.
+
+    ViViT's tubelet embedding (Arnab et al., 2021): the video is cut into non-overlapping
+    tt×p×p blocks of space-time and each is projected linearly,
+
+        video [b, T, H, W, C] -> [b, T/tt, tt, H/p, p, W/p, p, C]
+              -> tubelets [b, (T/tt)·(H/p)·(W/p), tt, p, p, C] -> tokens = tubelets · W + b
+
+    a 3-D convolution with kernel = stride = (tt, p, p), written as the reshape and one matmul
+    like `PatchEmbed`. Tokens are in time-major order: all patches of the first tt frames, row by
+    row, then the next tt frames. W is [tt, p, p, C, width]; `central_frame_kernel` builds it from
+    an image tower's [p, p, C, width] so that a video tower can start from an image CLIP.
+
+    Attributes:
+      patch_size: p, the side of a square patch in each frame.
+      tubelet_size: tt, the frames per token.
+      width: the token width D.
+    """
+
+    patch_size: int
+    tubelet_size: int
+    width: int
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, video: Array) -> Array:
+        if video.ndim != 5:
+            raise ValueError(f"video must be [batch, frames, height, width, channels]; got {video.shape}")
+        batch, frames, height, width, channels = video.shape
+        p, tt = self.patch_size, self.tubelet_size
+        if frames % tt:
+            raise ValueError(f"clip length {frames} frames is not a multiple of tubelet_size {tt}: "
+                             f"use clips of a multiple of {tt} frames")
+        check_patch_grid(video[:, 0], p)
+        gt, gh, gw = frames // tt, height // p, width // p
+        tubelets = video.reshape(batch, gt, tt, gh, p, gw, p, channels)
+        tubelets = tubelets.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, gt * gh * gw, tt, p, p, channels)
+        return PatchProjection(self.width, self.use_bias, self.dtype, self.param_dtype, name="conv")(tubelets)
+
+
+def central_frame_kernel(kernel_2d: Array, tubelet_size: int) -> Array:
+    """ViViT's "central frame" initialisation: [p, p, C, D] -> [tt, p, p, C, D].
+
+        W_3d[t] = W_2d   for t = ⌊tt/2⌋,   0 otherwise
+
+    A tubelet token then sees only its middle frame through the image kernel, so a static video
+    (every frame the same image) embeds exactly like the image: the image tower's tokens, once
+    per group of tt frames. ViViT found it better than repeating W_2d/tt over the frames
+    ("filter inflation", I3D), which averages motion away from the start.
+    """
+    kernel_2d = jnp.asarray(kernel_2d)
+    return jnp.zeros((tubelet_size, *kernel_2d.shape), kernel_2d.dtype).at[tubelet_size // 2].set(kernel_2d)
+
+
+class SpectrogramPatchEmbed(nn.Module):
+    """[batch, frames, mel_bins] log-mel spectrogram -> [batch, (F/pf)·(M/pm), width] tokens.
+
+    AST (Gong et al., 2021): a spectrogram is an image with one channel, time along one axis and
+    frequency along the other, cut into pf×pm patches and projected linearly:
+
+        spec [b, F, M] -> [b, F/pf, pf, M/pm, pm] -> patches [b, (F/pf)·(M/pm), pf, pm, 1] -> · W + b
+
+    Tokens are time-major (all frequency patches of the first pf frames, low to high, then the
+    next frames). AST's patches overlap (stride 10 for 16×16); these do not, which keeps the
+    embedding one reshape and one matmul and the token count F·M/(pf·pm).
+
+    Attributes:
+      patch_frames: pf, frames per patch.
+      patch_bins: pm, mel bins per patch.
+      width: the token width D.
+    """
+
+    patch_frames: int
+    patch_bins: int
+    width: int
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, spectrogram: Array) -> Array:
+        if spectrogram.ndim != 3:
+            raise ValueError(f"spectrogram must be [batch, frames, mel_bins]; got {spectrogram.shape}")
+        batch, frames, bins = spectrogram.shape
+        pf, pm = self.patch_frames, self.patch_bins
+        if frames % pf or bins % pm:
+            raise ValueError(f"spectrogram of {frames} frames x {bins} mel bins does not divide into "
+                             f"{pf}x{pm} patches: pick a clip length and mel count divisible by them")
+        patches = spectrogram.reshape(batch, frames // pf, pf, bins // pm, pm)
+        patches = patches.transpose(0, 1, 3, 2, 4).reshape(batch, (frames // pf) * (bins // pm), pf, pm, 1)
+        return PatchProjection(self.width, self.use_bias, self.dtype, self.param_dtype, name="conv")(patches)
+
+
+class SpaceTimePositionEmbedding(nn.Module):
+    """Learned positions for [batch, T·N, width] tokens of T time steps × N places (time-major).
+
+        joint        pos[t, n] = E[t·N + n]                 one vector per (time, place): T·N·D
+        factorised   pos[t, n] = E_time[t] + E_space[n]     (T + N)·D, and E_space can come from
+                                                            an image tower's position table
+
+    Attributes:
+      num_times: T.
+      num_places: N (patches per frame, or mel patches per time step).
+      factorised: the sum of a time and a place embedding instead of one table.
+    """
+
+    num_times: int
+    num_places: int
+    factorised: bool = True
+    init_std: float = 0.02
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: Array) -> Array:
+        width = tokens.shape[-1]
+        if tokens.shape[-2] != self.num_times * self.num_places:
+            raise ValueError(f"expected {self.num_times} x {self.num_places} = {self.num_times * self.num_places} "
+                             f"tokens; got {tokens.shape[-2]}")
+        init = nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ("length", "embed"))
+        if self.factorised:
+            time = self.param("time_embedding", init, (self.num_times, width), self.param_dtype)
+            space = self.param("space_embedding", init, (self.num_places, width), self.param_dtype)
+            table = (time[:, None, :] + space[None, :, :]).reshape(-1, width)
+        else:
+            table = self.param("embedding", init, (self.num_times * self.num_places, width), self.param_dtype)
+        return tokens + table.astype(tokens.dtype)
+

@@ -36,7 +36,7 @@ def test_analytic_flops_equal_the_compiled_gradients_matmuls(path, overrides):
     config.contrastive_loss = clip_loss  # the unsharded loss: no mesh needed
     task = build_task(config)
     batch = {k: jnp.asarray(v) for k, v in random_batch(config).items()}
-    params = nn.unbox(task.init(jax.random.key(0), batch))
+    params = nn.unbox(jax.jit(task.init)(jax.random.key(0), batch))
     grads = jax.jit(jax.grad(lambda p: task.loss(p, batch, jax.random.key(1))[0]))
     hlo = grads.lower(params).compile().as_text()
     compiled = sum(flops for flops, _ in hlo_dots(hlo).values())
@@ -56,7 +56,7 @@ def test_peer_is_the_same_model(path, overrides):
     config = load_config(path, **overrides)
     task = build_task(config)
     batch = random_batch(config, seed=3)
-    params = nn.unbox(task.init(jax.random.key(0), {k: jnp.asarray(v) for k, v in batch.items()}))
+    params = nn.unbox(jax.jit(task.init)(jax.random.key(0), {k: jnp.asarray(v) for k, v in batch.items()}))
     model, mmjax_params = build_peer(config, params)
     assert sum(p.numel() for p in model.parameters()) == mmjax_params
     assert check_same_function(task, params, model, batch) < 1e-5

@@ -31,7 +31,7 @@ def test_pooled_embedding_is_invariant_to_padding(causal):
     rng = np.random.default_rng(0)
     ids = random_ids(rng, [4, 7, 2], 8)
     tower = make_tower(causal=causal, pool="eot" if causal else "mean")
-    params = tower.init(jax.random.key(0), ids)
+    params = jax.jit(tower.init)(jax.random.key(0), ids)
     pooled = tower.apply(params, ids)["pooled"]
     padded = np.pad(ids, ((0, 0), (0, 8)))  # 8 more padding tokens
     pooled_padded = tower.apply(params, padded)["pooled"]
@@ -42,7 +42,7 @@ def test_pooling_reads_the_end_of_text_token():
     rng = np.random.default_rng(1)
     ids = random_ids(rng, [5, 3], 8)
     tower = make_tower()
-    params = tower.init(jax.random.key(0), ids)
+    params = jax.jit(tower.init)(jax.random.key(0), ids)
     out = tower.apply(params, ids)
     np.testing.assert_allclose(out["pooled"][0], out["tokens"][0, 4], rtol=1e-6)
     np.testing.assert_allclose(out["pooled"][1], out["tokens"][1, 2], rtol=1e-6)
@@ -52,7 +52,7 @@ def test_causal_tower_prefix_outputs_ignore_later_tokens():
     rng = np.random.default_rng(2)
     ids = random_ids(rng, [8], 8)
     tower = make_tower()
-    params = tower.init(jax.random.key(0), ids)
+    params = jax.jit(tower.init)(jax.random.key(0), ids)
     changed = ids.copy()
     changed[0, 5:7] = (changed[0, 5:7] + 7) % 47 + 3
     a = tower.apply(params, ids)["tokens"]
@@ -92,7 +92,7 @@ def test_unmasked_tower_reads_id_zero_as_a_token_and_ignores_padding():
     ids[2:, 5:] = rng.integers(1, 49, (2, 5))  # rows 2, 3: rows 0, 1 followed by other tokens
     ids[2:, :5] = ids[:2, :5]
     tower = make_tower(depth=1, pool="argmax", mask_padding=False)
-    params = tower.init(jax.random.key(0), ids)
+    params = jax.jit(tower.init)(jax.random.key(0), ids)
     out = jax.jit(tower.apply)(params, ids)
     np.testing.assert_allclose(out["pooled"], out["tokens"][:, 4], rtol=1e-6)
     np.testing.assert_allclose(out["pooled"][2:], out["pooled"][:2], rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ def tower(**kw):
 def test_shapes_and_pooling(pool, pos):
     images = np.random.default_rng(0).standard_normal((2, 32, 24, 3)).astype(np.float32)
     model = tower(pool=pool, position_embedding=pos, ln_pre=True)
-    params = model.init(jax.random.key(0), images)
+    params = jax.jit(model.init)(jax.random.key(0), images)
     out = model.apply(params, images)
     n = (32 // 8) * (24 // 8)
     assert out["tokens"].shape == (2, n + (pool == "token"), 32)
@@ -32,7 +32,7 @@ def test_position_embedding_breaks_permutation_symmetry():
     swapped = images.copy()
     swapped[:, :8, :8], swapped[:, 8:, 8:] = images[:, 8:, 8:], images[:, :8, :8]
     model = tower(pool="mean", position_embedding="sincos2d")
-    params = model.init(jax.random.key(0), images)
+    params = jax.jit(model.init)(jax.random.key(0), images)
     assert not np.allclose(model.apply(params, images)["pooled"], model.apply(params, swapped)["pooled"])
 
 

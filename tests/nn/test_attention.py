@@ -150,7 +150,7 @@ class TestMultiHeadAttention:
         x_kv = rng.standard_normal((2, 9, 24)).astype(np.float32)
         mask = rng.random((2, 1, 4, 9)) < 0.7
         mha = MultiHeadAttention(num_heads=4, head_dim=8, use_fused=use_fused)
-        params = nn.unbox(mha.init(jax.random.key(0), x_q, x_kv, mask=mask))["params"]
+        params = nn.unbox(jax.jit(mha.init)(jax.random.key(0), x_q, x_kv, mask=mask))["params"]
         out = mha.apply({"params": params}, x_q, x_kv, mask=mask)
         assert out.shape == (2, 4, 16)
         assert rel_err(out, self._reference(params, x_q, x_kv, mask)) < 1e-5
@@ -159,7 +159,7 @@ class TestMultiHeadAttention:
         rng = np.random.default_rng(12)
         x = rng.standard_normal((2, 7, 32)).astype(np.float32)
         mha = MultiHeadAttention(num_heads=4)
-        params = nn.unbox(mha.init(jax.random.key(1), x))
+        params = nn.unbox(jax.jit(mha.init)(jax.random.key(1), x))
         perm = rng.permutation(7)
         out = mha.apply(params, x)
         out_perm = mha.apply(params, x[:, perm])

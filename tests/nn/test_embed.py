@@ -14,7 +14,7 @@ def test_patch_embed_equals_reshape_and_matmul(hw, p, c):
     rng = np.random.default_rng(sum(hw) + p)
     images = rng.standard_normal((2, *hw, c)).astype(np.float32)
     module = PatchEmbed(patch_size=p, width=5)
-    params = nn.unbox(module.init(jax.random.key(0), images))["params"]
+    params = nn.unbox(jax.jit(module.init)(jax.random.key(0), images))["params"]
     out = np.asarray(module.apply({"params": params}, images))
     h, w = hw[0] // p, hw[1] // p
     # [b, h, p, w, p, c] -> [b, h, w, p, p, c] -> [b, h*w, p*p*c]: one row per patch, row-major.
@@ -69,7 +69,7 @@ def test_sincos_embedding_formula_and_distinct_positions():
 def test_learned_position_embedding_adds_prefix_of_table():
     x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
     module = LearnedPositionEmbedding(max_len=5)
-    params = nn.unbox(module.init(jax.random.key(0), x))["params"]
+    params = nn.unbox(jax.jit(module.init)(jax.random.key(0), x))["params"]
     out = module.apply({"params": params}, x)
     np.testing.assert_allclose(out, x + np.asarray(params["embedding"])[:3], rtol=1e-6)
     with pytest.raises(ValueError, match="exceeds max_len"):
@@ -79,7 +79,7 @@ def test_learned_position_embedding_adds_prefix_of_table():
 def test_token_embed_lookup_and_tied_attend():
     ids = np.array([[3, 1, 0]])
     module = TokenEmbed(vocab_size=7, width=4)
-    params = nn.unbox(module.init(jax.random.key(0), ids))["params"]
+    params = nn.unbox(jax.jit(module.init)(jax.random.key(0), ids))["params"]
     table = np.asarray(params["embed"]["embedding"])
     np.testing.assert_allclose(module.apply({"params": params}, ids), table[ids], rtol=1e-6)
     vec = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)

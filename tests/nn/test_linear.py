@@ -64,5 +64,5 @@ def test_every_bfloat16_product_reads_bfloat16_and_writes_float32():
 def test_dense_with_the_dot_general_is_nn_dense_in_float32():
     x = jax.random.normal(jax.random.key(5), (3, 10, 24))
     plain, ours = nn.Dense(12), nn.Dense(12, dot_general=linear.dot_general)
-    params = plain.init(jax.random.key(6), x)
+    params = jax.jit(plain.init)(jax.random.key(6), x)
     np.testing.assert_array_equal(ours.apply(params, x), plain.apply(params, x))

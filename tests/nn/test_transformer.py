@@ -27,7 +27,7 @@ from mmjax.nn.transformer import (
 def test_mlp_block_equals_explicit_formula():
     x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
     module = MlpBlock(mlp_dim=16)
-    p = nn.unbox(module.init(jax.random.key(0), x))["params"]
+    p = nn.unbox(jax.jit(module.init)(jax.random.key(0), x))["params"]
     h = x @ np.asarray(p["fc1"]["kernel"]) + np.asarray(p["fc1"]["bias"])
     h = np.asarray(jax.nn.gelu(h, approximate=False))
     expected = h @ np.asarray(p["fc2"]["kernel"]) + np.asarray(p["fc2"]["bias"])
@@ -56,7 +56,8 @@ def test_scanned_stack_equals_unrolled_blocks(remat):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("unroll", [2, True])
+# unroll=2 (slow) takes the same path as unroll=True with a different loop trip count.
+@pytest.mark.parametrize("unroll", [pytest.param(2, marks=pytest.mark.slow), True])
 def test_unrolled_scan_keeps_parameters_outputs_and_gradients(unroll):
     """`unroll` changes the compiled program, not the model: the same stacked parameters give the
     same outputs and gradients as the one-block loop, and no while loop is left when all

@@ -75,6 +75,9 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+# Slow (about 60 s): tests/training/test_faults.py resumes a run killed with kill -9 and checks the
+# same bit-identity in the default run; this one also checks the asynchronous saves' contents.
+@pytest.mark.slow
 def test_interrupted_run_resumes_bit_identically(data_dir, tmp_path):
     config = tiny_config(data_dir)
     # The uninterrupted run saves asynchronously every 2 steps while training goes on with the

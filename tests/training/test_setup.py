@@ -26,6 +26,9 @@ def lower_and_compile(config, mesh_config=8):
     return abstract_state, train_step.lower(abstract_state, batch).compile()
 
 
+# Slow (about 35 s): the 12-layer ViT-B/16 step; the tiny configs' sharded steps compile and run in
+# test_step.py, and bench/memory_plan.py compiles the big configs for 8 and 32 devices.
+@pytest.mark.slow
 def test_clip_b16_step_compiles_fully_sharded_on_an_8_device_mesh():
     config = clip_b16.get_config()
     abstract_state, compiled = lower_and_compile(config, {"fsdp": 8})
