@@ -21,7 +21,7 @@ RUN = LD_PRELOAD="$$($(PY) -m mmjax.training.allocator)" $(PY)
 
 FUSION_CONFIGS := late_fusion_vqa_tiny early_fusion_vqa_tiny albef_tiny coca_tiny
 
-.PHONY: install train eval data digits detection fusion bench docs docs-check test test-slow test-all clean
+.PHONY: install train eval data digits detection fusion media bench docs docs-check test test-slow test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,14 @@ fusion: install
 	  || exit 1; \
 	done
 	$(PY) -m mmjax.evaluation.compare_runs $(addprefix runs/,$(FUSION_CONFIGS))
+
+# Video and audio (about 45 minutes on 2 CPU cores): video-text and audio-text CLIPs, then the
+# three-way model without and with the video-audio pair in its loss (runs/*/results.json).
+media: install
+	$(RUN) train.py --config configs/video_clip_tiny.py --workdir runs/video_clip_tiny $(ARGS)
+	$(RUN) train.py --config configs/audio_clip_tiny.py --workdir runs/audio_clip_tiny $(ARGS)
+	$(RUN) train.py --config configs/triple_tiny.py --workdir runs/triple_tiny $(ARGS)
+	$(RUN) train.py --config configs/triple_tiny.py:video_audio --workdir runs/triple_tiny_video_audio $(ARGS)
 
 # Every benchmark (about 25 minutes on 2 CPU cores): rewrites BENCHMARKS.md's tables and
 # docs/bench/*.png; `make bench ARGS="--only step peer"` runs some suites only.

@@ -121,6 +121,7 @@ def log_mel_spectrogram(waveform: Array, config: SpectrogramConfig = Spectrogram
     num_samples = waveform.shape[-1]
     if num_samples < config.n_fft // 2 + 1:
         raise ValueError(f"a clip of {num_samples} samples is shorter than half a window ({config.n_fft // 2 + 1})")
+    # --8<-- [start:log_mel]
     half = config.n_fft // 2
     padded = jnp.pad(waveform, [(0, 0)] * (waveform.ndim - 1) + [(half, half)])
     num_frames = config.num_frames(num_samples)
@@ -131,3 +132,4 @@ def log_mel_spectrogram(waveform: Array, config: SpectrogramConfig = Spectrogram
     bank = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
     mel = jnp.einsum("...fk,mk->...fm", power, bank.astype(np.float32), precision=jax.lax.Precision.HIGHEST)
     return 10.0 * jnp.log10(jnp.maximum(mel, config.amin))
+    # --8<-- [end:log_mel]

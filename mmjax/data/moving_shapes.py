@@ -78,14 +78,13 @@ from typing import Any
 import numpy as np
 
 from mmjax.data import shapes, sounds
-from mmjax.data.shapes import COLOUR_NAMES, SHAPE_NAMES, SIZE_NAMES, SIZE_WORDS, SPLITS
+from mmjax.data.shapes import COLOUR_NAMES, SHAPE_NAMES, SIZE_NAMES, SIZE_WORDS, SPLITS  # noqa: F401
 
 # --- Vocabulary -----------------------------------------------------------------------------------
 
 DIRECTION_NAMES = ("left", "right", "up", "down")
 # (dy, dx) of a move in each direction, in units of the move's distance (y grows downwards)
 _DIRECTION_STEPS = ((0, -1), (0, 1), (-1, 0), (1, 0))
-_SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 
 # --- Caption grammar: the words a caption may use ------------------------------------------------
 
@@ -193,9 +192,7 @@ class MovingScene:
         return tuple(a + progress * (b - a) for a, b in zip(obj.start_box, obj.end_box))
 
 
-def _require(ok: bool, field: str, expected: str, actual: Any) -> None:
-    if not ok:
-        raise ValueError(f"MovingShapesConfig.{field} must be {expected}; got {actual!r}")
+_require = shapes.field_check("MovingShapesConfig")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,13 +425,7 @@ def sample_split_scene(
     config: MovingShapesConfig, split: str, rng: np.random.Generator
 ) -> MovingScene:
     """A random clip of `split`: resampled until `split_of_scene` agrees."""
-    for _ in range(10_000):
-        scene = sample_scene(config, rng, with_heldout=split == "compositional_test")
-        if split_of_scene(scene, config) == split:
-            return scene
-    raise RuntimeError(
-        f"no scene of split {split!r} in 10000 draws: is MovingShapesConfig {config} too narrow?"
-    )
+    return shapes.draw_split_scene(sample_scene, split_of_scene, config, split, rng)
 
 
 # --- Rendering ------------------------------------------------------------------------------------
@@ -505,14 +496,10 @@ def render_audio(
 # --- Captions -------------------------------------------------------------------------------------
 
 
-def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
-    return options[int(rng.integers(len(options)))]
-
-
 def _event_phrase(obj: MovingObject, rng: np.random.Generator) -> str:
-    size_word = _pick(rng, SIZE_WORDS[obj.size])
-    verb = _pick(rng, VERBS)
-    direction_word = _pick(rng, DIRECTION_WORDS[obj.direction])
+    size_word = shapes.pick(rng, SIZE_WORDS[obj.size])
+    verb = shapes.pick(rng, VERBS)
+    direction_word = shapes.pick(rng, DIRECTION_WORDS[obj.direction])
     colour, shape = COLOUR_NAMES[obj.colour], SHAPE_NAMES[obj.shape]
     return f"a {size_word} {colour} {shape} {verb} {direction_word}"
 
@@ -526,39 +513,27 @@ def make_caption(scene: MovingScene, rng: np.random.Generator) -> str:
     """
     events = _event_phrase(scene.objects[0], rng)
     for obj in scene.objects[1:]:
-        events += _pick(rng, JOINERS) + _event_phrase(obj, rng)
-    return _pick(rng, CAPTION_TEMPLATES).format(events=events)
+        events += shapes.pick(rng, JOINERS) + _event_phrase(obj, rng)
+    return shapes.pick(rng, CAPTION_TEMPLATES).format(events=events)
 
 
 def make_captions(scene: MovingScene, num_captions: int, rng: np.random.Generator) -> list[str]:
     """`num_captions` different captions of `scene` (the grammar has >= 80 for any clip)."""
-    captions: list[str] = []
-    for _ in range(1000 * num_captions):
-        caption = make_caption(scene, rng)
-        if caption not in captions:
-            captions.append(caption)
-            if len(captions) == num_captions:
-                return captions
-    raise RuntimeError(f"found only {len(captions)} different captions for scene {scene.key()!r}")
-
-
-def _alternation(words: Sequence[str]) -> str:
-    # longest first, so "to the left" is tried before "left"
-    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return shapes.distinct_captions(make_caption, scene, num_captions, rng)
 
 
 _WORD_TO_SIZE = {w: i for i, words in enumerate(SIZE_WORDS) for w in words}
 _WORD_TO_DIRECTION = {w: i for i, words in enumerate(DIRECTION_WORDS) for w in words}
 _EVENT_RE = re.compile(
-    rf"a ({_alternation(_WORD_TO_SIZE)}) ({_alternation(COLOUR_NAMES)})"
-    rf" ({_alternation(SHAPE_NAMES)}) (?:{_alternation(VERBS)})"
-    rf" ({_alternation(_WORD_TO_DIRECTION)})"
+    rf"a ({shapes.alternation(_WORD_TO_SIZE)}) ({shapes.alternation(COLOUR_NAMES)})"
+    rf" ({shapes.alternation(SHAPE_NAMES)}) (?:{shapes.alternation(VERBS)})"
+    rf" ({shapes.alternation(_WORD_TO_DIRECTION)})"
 )
 _TEMPLATE_RES = [
     re.compile("^" + re.escape(t).replace(re.escape("{events}"), "(?P<events>.+)") + "$")
     for t in CAPTION_TEMPLATES
 ]
-_JOINER_RE = re.compile(_alternation(JOINERS))
+_JOINER_RE = re.compile(shapes.alternation(JOINERS))
 
 
 def parse_caption(text: str) -> str | None:
@@ -594,13 +569,8 @@ def parse_caption(text: str) -> str | None:
 # --- One example ----------------------------------------------------------------------------------
 
 
-def example_rng(config: MovingShapesConfig, split: str, index: int) -> np.random.Generator:
-    """The generator of example `index` of `split`: seeded by (config.seed, split id, index)."""
-    if split not in _SPLIT_IDS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    if index < 0:
-        raise ValueError(f"index must be >= 0; got {index}")
-    return np.random.default_rng(np.random.SeedSequence([config.seed, _SPLIT_IDS[split], index]))
+# The generator of example `index` of `split`, seeded by (config.seed, split id, index) as in shapes.
+example_rng = shapes.example_rng
 
 
 def generate_example(config: MovingShapesConfig, split: str, index: int) -> dict[str, Any]:

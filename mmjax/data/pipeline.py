@@ -112,6 +112,39 @@ class MaskedLanguagePreprocess(ContrastivePreprocess):
         return out
 
 
+class MediaContrastivePreprocess:
+    """One clip -> its media and one caption: {"video": uint8 [T, S, S, 3], "audio": int16 [samples],
+    "token_ids": int32 [text_len]}, for the media named in `media`.
+
+    A horizontal flip mirrors every frame of the video and the caption's left and right (a clip of
+    a circle moving left becomes one of a circle moving right); the sound is unchanged by it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, text_len: int, media: tuple[str, ...],
+                 flip_probability: float = 0.0, mirror_text: Callable[[str], str] | None = None):
+        if flip_probability > 0 and (mirror_text is None or "video" not in media):
+            raise ValueError(
+                f"config.data.flip_probability={flip_probability} flips videos, but this dataset has no video or "
+                "cannot mirror its captions: set --config.data.flip_probability=0")
+        self.tokenizer, self.text_len, self.media = tokenizer, text_len, media
+        self.flip_probability, self.mirror_text = flip_probability, mirror_text
+
+    def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        captions = example["captions"]
+        caption = _text(captions[rng.integers(len(captions))])
+        out = {}
+        if "video" in self.media:
+            # [T, S, S, 3]: the width axis is 2
+            video = np.asarray(example["video"])
+            if self.flip_probability and rng.random() < self.flip_probability:
+                video, caption = video[:, :, ::-1], self.mirror_text(caption)
+            out["video"] = np.ascontiguousarray(video)
+        if "audio" in self.media:
+            out["audio"] = np.asarray(example["audio"], np.int16)
+        out["token_ids"] = self.tokenizer.encode_batch([caption], self.text_len)[0]
+        return out
+
+
 UNKNOWN_ANSWER = "<unk>"
 
 

@@ -56,7 +56,7 @@ import dataclasses
 import hashlib
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -169,9 +169,21 @@ def _item(cell: int, size: int, colour: int, shape: int) -> str:
     return f"{CELL_NAMES[cell]}:{SIZE_NAMES[size]}:{COLOUR_NAMES[colour]}:{SHAPE_NAMES[shape]}"
 
 
-def _require(ok: bool, field: str, expected: str, actual: Any) -> None:
-    if not ok:
-        raise ValueError(f"ShapesConfig.{field} must be {expected}; got {actual!r}")
+def field_check(config_name: str) -> Callable[[bool, str, str, Any], None]:
+    """A world config's validator: `require(ok, field, expected, actual)` raises
+    ValueError("<config_name>.<field> must be <expected>; got <actual>") unless `ok`.
+
+    Shared by the synthetic worlds (shapes, moving_shapes, sounds), so their errors read alike.
+    """
+
+    def require(ok: bool, field: str, expected: str, actual: Any) -> None:
+        if not ok:
+            raise ValueError(f"{config_name}.{field} must be {expected}; got {actual!r}")
+
+    return require
+
+
+_require = field_check("ShapesConfig")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,11 +430,12 @@ def make_caption(scene: Scene, rng: np.random.Generator) -> str:
     return template.format(objects=_join(phrases, oxford_comma=bool(rng.integers(2))))
 
 
-def make_captions(scene: Scene, num_captions: int, rng: np.random.Generator) -> list[str]:
-    """`num_captions` different captions of `scene` (the grammar has >= 72 for any scene)."""
+def distinct_captions(make: Callable[[Any, np.random.Generator], str], scene: Any, num_captions: int,
+                      rng: np.random.Generator) -> list[str]:
+    """`num_captions` different captions `make(scene, rng)` of one scene (of any world)."""
     captions: list[str] = []
     for _ in range(1000 * num_captions):
-        caption = make_caption(scene, rng)
+        caption = make(scene, rng)
         if caption not in captions:
             captions.append(caption)
             if len(captions) == num_captions:
@@ -430,17 +443,24 @@ def make_captions(scene: Scene, num_captions: int, rng: np.random.Generator) -> 
     raise RuntimeError(f"found only {len(captions)} different captions for scene {scene.key()!r}")
 
 
-def _alternation(words: Sequence[str]) -> str:
-    # longest first, so "top left" is tried before "top"
+def make_captions(scene: Scene, num_captions: int, rng: np.random.Generator) -> list[str]:
+    """`num_captions` different captions of `scene` (the grammar has >= 72 for any scene)."""
+    return distinct_captions(make_caption, scene, num_captions, rng)
+
+
+def alternation(words: Sequence[str]) -> str:
+    """A regular expression matching any of `words`, longest first (so "top left" is tried
+    before "top")."""
     return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
 
 
 _WORD_TO_SIZE = {w: i for i, words in enumerate(SIZE_WORDS) for w in words}
 _WORD_TO_CELL = {w: i for i, words in enumerate(CELL_WORDS) for w in words}
 _PHRASE_RE = re.compile(
-    rf"a ({_alternation(_WORD_TO_SIZE)}) ({_alternation(COLOUR_NAMES)})"
-    rf" ({_alternation(SHAPE_NAMES)})"
-    rf" (?:{_alternation(PREPOSITIONS)}) the ({_alternation(_WORD_TO_CELL)})"
+    rf"a ({alternation(_WORD_TO_SIZE)}) ({alternation(COLOUR_NAMES)})"
+    rf" ({alternation(SHAPE_NAMES)})"
+    rf" (?:{alternation(PREPOSITIONS)}) the ({alternation(_WORD_TO_CELL)})"
 )
 _TEMPLATE_RES = [
     re.compile("^" + re.escape(t).replace(re.escape("{objects}"), "(?P<objects>.+)") + "$")
@@ -550,8 +570,10 @@ def _unique_descriptions(scene: Scene, obj: ShapeObject, exclude: str) -> list[d
     return found
 
 
-def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
+def pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
+    """One of `options`, uniformly."""
     return options[int(rng.integers(len(options)))]
+
 
 
 def _mentions_heldout(description: dict[str, int], heldout: frozenset[tuple[int, int]]) -> bool:
@@ -570,7 +592,7 @@ def _ask(
         ]
         if not candidates:
             return None
-        obj, description = _pick(rng, candidates)
+        obj, description = pick(rng, candidates)
         noun = _noun_phrase(description)
         if qtype == "colour":
             return f"what colour is the {noun}?", COLOUR_NAMES[obj.colour]
@@ -584,12 +606,12 @@ def _ask(
 
     if qtype == "count":
         # half the time about an object that is there (so the answer is rarely "zero")
-        kind = _pick(
+        kind = pick(
             rng, (("shape",), ("colour",), ("colour", "shape"), ("size", "shape"), ("size",))
         )
         for _ in range(100):
             if rng.random() < 0.5:
-                source = _pick(rng, objects)
+                source = pick(rng, objects)
                 description = {name: getattr(source, name) for name in kind}
             else:
                 description = {name: int(rng.integers(_num_values(name))) for name in kind}
@@ -607,7 +629,7 @@ def _ask(
         for _ in range(100):
             names = [p for p in _PROPERTIES if rng.random() < 0.5] or ["shape"]
             if want_yes:
-                source = _pick(rng, objects)
+                source = pick(rng, objects)
                 description = {name: getattr(source, name) for name in names}
             else:
                 description = {name: int(rng.integers(_num_values(name))) for name in names}
@@ -630,10 +652,10 @@ def _ask(
         pairs = [(o, rel) for o in objects for rel in _RELATIONS]
         # half the time a pair with something there (otherwise "nothing" would dominate)
         occupied = [(o, rel) for o, rel in pairs if neighbour(o, rel[1], rel[2]) is not None]
-        obj, (words, d_row, d_col) = _pick(
+        obj, (words, d_row, d_col) = pick(
             rng, occupied if occupied and rng.random() < 0.5 else pairs
         )
-        description = _pick(rng, _unique_descriptions(scene, obj, exclude=""))
+        description = pick(rng, _unique_descriptions(scene, obj, exclude=""))
         other = neighbour(obj, d_row, d_col)
         answer = (
             "nothing"
@@ -680,8 +702,10 @@ def make_questions(
 # --- One example ----------------------------------------------------------------------------------
 
 
-def example_rng(config: ShapesConfig, split: str, index: int) -> np.random.Generator:
-    """The generator of example `index` of `split`: seeded by (config.seed, split id, index)."""
+def example_rng(config: Any, split: str, index: int) -> np.random.Generator:
+    """The generator of example `index` of `split`: seeded by (config.seed, split id, index).
+
+    The same for every synthetic world (`config` is any world config with a `seed`)."""
     if split not in _SPLIT_IDS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
     if index < 0:
@@ -689,15 +713,21 @@ def example_rng(config: ShapesConfig, split: str, index: int) -> np.random.Gener
     return np.random.default_rng(np.random.SeedSequence([config.seed, _SPLIT_IDS[split], index]))
 
 
-def sample_split_scene(config: ShapesConfig, split: str, rng: np.random.Generator) -> Scene:
-    """A random scene of `split`: resampled until `split_of_scene` agrees (10 tries on average)."""
+def draw_split_scene(sample: Callable[..., Any], split_of: Callable[[Any, Any], str], config: Any, split: str,
+                     rng: np.random.Generator) -> Any:
+    """`sample(config, rng, with_heldout)` until `split_of(scene, config)` is `split` (any world)."""
     for _ in range(10_000):
-        scene = sample_scene(config, rng, with_heldout=split == "compositional_test")
-        if split_of_scene(scene, config) == split:
+        scene = sample(config, rng, with_heldout=split == "compositional_test")
+        if split_of(scene, config) == split:
             return scene
     raise RuntimeError(
-        f"no scene of split {split!r} in 10000 draws: is ShapesConfig {config} too narrow?"
+        f"no scene of split {split!r} in 10000 draws: is {type(config).__name__} {config} too narrow?"
     )
+
+
+def sample_split_scene(config: ShapesConfig, split: str, rng: np.random.Generator) -> Scene:
+    """A random scene of `split`: resampled until `split_of_scene` agrees (10 tries on average)."""
+    return draw_split_scene(sample_scene, split_of_scene, config, split, rng)
 
 
 def generate_example(config: ShapesConfig, split: str, index: int) -> dict[str, Any]:

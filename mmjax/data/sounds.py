@@ -67,19 +67,19 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from mmjax.data.shapes import SPLITS, scene_bucket
+from mmjax.data import shapes
+from mmjax.data.shapes import SPLITS, scene_bucket  # noqa: F401 (SPLITS: this world has the same splits)
 
 # --- Vocabulary -----------------------------------------------------------------------------------
 
 KIND_NAMES = ("beep", "buzz", "whistle", "hiss", "trill")
 PITCH_NAMES = ("low", "high")
 DURATION_NAMES = ("short", "long")
-_SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 
 # --- Caption grammar: the words a caption may use for each property ------------------------------
 
@@ -156,9 +156,7 @@ def _item(duration: int, pitch: int, kind: int) -> str:
     return f"{DURATION_NAMES[duration]}:{PITCH_NAMES[pitch]}:{KIND_NAMES[kind]}"
 
 
-def _require(ok: bool, field: str, expected: str, actual: Any) -> None:
-    if not ok:
-        raise ValueError(f"SoundsConfig.{field} must be {expected}; got {actual!r}")
+_require = shapes.field_check("SoundsConfig")
 
 
 def _is_int(value: Any) -> bool:
@@ -409,13 +407,9 @@ def render_sound(
 # --- Captions -------------------------------------------------------------------------------------
 
 
-def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
-    return options[int(rng.integers(len(options)))]
-
-
 def _event_phrase(event: SoundEvent, rng: np.random.Generator) -> str:
-    duration_word = _pick(rng, DURATION_WORDS[event.duration])
-    pitch_word = _pick(rng, PITCH_WORDS[event.pitch])
+    duration_word = shapes.pick(rng, DURATION_WORDS[event.duration])
+    pitch_word = shapes.pick(rng, PITCH_WORDS[event.pitch])
     return f"a {duration_word} {pitch_word} {KIND_NAMES[event.kind]}"
 
 
@@ -425,39 +419,27 @@ def make_caption(scene: SoundScene, rng: np.random.Generator) -> str:
     events = sorted(scene.events, key=lambda e: e.start)
     text = _event_phrase(events[0], rng)
     for event in events[1:]:
-        text += _pick(rng, EVENT_JOINERS) + _event_phrase(event, rng)
-    return _pick(rng, CAPTION_TEMPLATES).format(events=text)
+        text += shapes.pick(rng, EVENT_JOINERS) + _event_phrase(event, rng)
+    return shapes.pick(rng, CAPTION_TEMPLATES).format(events=text)
 
 
 def make_captions(scene: SoundScene, num_captions: int, rng: np.random.Generator) -> list[str]:
     """`num_captions` different captions of `scene` (the grammar has >= 24 for any scene)."""
-    captions: list[str] = []
-    for _ in range(1000 * num_captions):
-        caption = make_caption(scene, rng)
-        if caption not in captions:
-            captions.append(caption)
-            if len(captions) == num_captions:
-                return captions
-    raise RuntimeError(f"found only {len(captions)} different captions for scene {scene.key()!r}")
-
-
-def _alternation(words: Sequence[str]) -> str:
-    # longest first, so "high-pitched" is tried before "high"
-    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return shapes.distinct_captions(make_caption, scene, num_captions, rng)
 
 
 _WORD_TO_DURATION = {w: i for i, words in enumerate(DURATION_WORDS) for w in words}
 _WORD_TO_PITCH = {w: i for i, words in enumerate(PITCH_WORDS) for w in words}
 _PHRASE_RE = re.compile(
-    rf"a ({_alternation(_WORD_TO_DURATION)}) ({_alternation(_WORD_TO_PITCH)})"
-    rf" ({_alternation(KIND_NAMES)})"
+    rf"a ({shapes.alternation(_WORD_TO_DURATION)}) ({shapes.alternation(_WORD_TO_PITCH)})"
+    rf" ({shapes.alternation(KIND_NAMES)})"
 )
 _TEMPLATE_RES = [
     re.compile("^" + re.escape(t).replace(re.escape("{events}"), "(?P<events>.+)") + "$")
     for t in CAPTION_TEMPLATES
 ]
 # at one position the longer joiners are tried first: ", then " before " then "
-_JOINER_RE = re.compile(_alternation(EVENT_JOINERS))
+_JOINER_RE = re.compile(shapes.alternation(EVENT_JOINERS))
 
 
 def parse_caption(text: str) -> str | None:
@@ -509,24 +491,13 @@ def scene_from_arrays(example: Mapping[str, Any]) -> SoundScene:
     )
 
 
-def example_rng(config: SoundsConfig, split: str, index: int) -> np.random.Generator:
-    """The generator of example `index` of `split`: seeded by (config.seed, split id, index)."""
-    if split not in _SPLIT_IDS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    if index < 0:
-        raise ValueError(f"index must be >= 0; got {index}")
-    return np.random.default_rng(np.random.SeedSequence([config.seed, _SPLIT_IDS[split], index]))
+# The generator of example `index` of `split`, seeded by (config.seed, split id, index) as in shapes.
+example_rng = shapes.example_rng
 
 
 def sample_split_scene(config: SoundsConfig, split: str, rng: np.random.Generator) -> SoundScene:
     """A random scene of `split`: resampled until `split_of_scene` agrees (10 tries on average)."""
-    for _ in range(10_000):
-        scene = sample_scene(config, rng, with_heldout=split == "compositional_test")
-        if split_of_scene(scene, config) == split:
-            return scene
-    raise RuntimeError(
-        f"no scene of split {split!r} in 10000 draws: is SoundsConfig {config} too narrow?"
-    )
+    return shapes.draw_split_scene(sample_scene, split_of_scene, config, split, rng)
 
 
 def generate_example(config: SoundsConfig, split: str, index: int) -> dict[str, Any]:

@@ -286,10 +286,12 @@ class TubeletEmbed(nn.Module):
             raise ValueError(f"clip length {frames} frames is not a multiple of tubelet_size {tt}: "
                              f"use clips of a multiple of {tt} frames")
         check_patch_grid(video[:, 0], p)
+        # --8<-- [start:tubelets]
         gt, gh, gw = frames // tt, height // p, width // p
         tubelets = video.reshape(batch, gt, tt, gh, p, gw, p, channels)
         tubelets = tubelets.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, gt * gh * gw, tt, p, p, channels)
         return PatchProjection(self.width, self.use_bias, self.dtype, self.param_dtype, name="conv")(tubelets)
+        # --8<-- [end:tubelets]
 
 
 def central_frame_kernel(kernel_2d: Array, tubelet_size: int) -> Array:
