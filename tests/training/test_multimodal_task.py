@@ -3,8 +3,8 @@
 The three-way config (video, audio and text towers, every pair in the loss) is shrunk and trained
 on the 8-device CPU mesh: interrupted and resumed, it ends bit-identical to an uninterrupted run,
 and its evaluation scores every pair, the untrained ones too, on both test splits. The video-only
-and audio-only configs train and report the same way (their quality is measured by the full
-configs, README).
+and audio-only configs train and report the same way (slow tests; their quality is measured by
+the full configs, README).
 """
 
 import json
@@ -76,9 +76,10 @@ def test_three_way_config_resumes_bit_identically_on_8_devices_and_scores_every_
     assert {"video_text_loss", "audio_text_loss", "video_audio_loss", "video_audio_logit_scale"} <= set(logged)
 
 
-# The audio config's tower and spectrogram are the three-way config's (trained above): slow.
-@pytest.mark.parametrize("get_config", [video_clip_tiny.get_config,
-                                        pytest.param(audio_clip_tiny.get_config, marks=pytest.mark.slow)],
+# Slow (20-30 s each): the three-way config above is built from these two (the same towers,
+# spectrogram and data) and trains, resumes and reports in the default run.
+@pytest.mark.slow
+@pytest.mark.parametrize("get_config", [video_clip_tiny.get_config, audio_clip_tiny.get_config],
                          ids=["video_clip_tiny", "audio_clip_tiny"])
 def test_two_tower_configs_train_on_8_devices_and_report(get_config, data_dir, tmp_path, capsys):
     config = shrink(get_config(), data_dir, num_steps=2)

@@ -1,4 +1,4 @@
-"""The audio tower: the spectrogram it reads, its patches, and clear errors for short clips."""
+"""The audio tower (mmjax/models/audio.py): the spectrogram it reads, its patches, and clear errors for short clips."""
 
 import flax.linen as nn
 import jax
