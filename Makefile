@@ -53,7 +53,7 @@ fusion: install
 	done
 	$(PY) -m mmjax.evaluation.compare_runs $(addprefix runs/,$(FUSION_CONFIGS))
 
-# Video and audio (about 45 minutes on 2 CPU cores): video-text and audio-text CLIPs, then the
+# Video and audio (about 50 minutes on 2 CPU cores): video-text and audio-text CLIPs, then the
 # three-way model without and with the video-audio pair in its loss (runs/*/results.json).
 media: install
 	$(RUN) train.py --config configs/video_clip_tiny.py --workdir runs/video_clip_tiny $(ARGS)
