@@ -13,7 +13,6 @@ and drawn into `<output>/<image name>.png`.
 from __future__ import annotations
 
 import os
-import sys
 import types
 from typing import Sequence
 
@@ -82,12 +81,10 @@ def main(argv: Sequence[str]) -> None:
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from mmjax.training.checkpoint import CheckpointDamaged
+    from mmjax.training.user_errors import one_line_errors
 
-    try:
+    with one_line_errors():  # a missing file or a bad flag: one line saying what to do
         _run(_FLAGS)
-    except (ValueError, FileNotFoundError, CheckpointDamaged) as error:
-        sys.exit(f"error: {error}")
 
 
 def _run(flags: types.SimpleNamespace) -> None:

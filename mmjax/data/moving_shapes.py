@@ -511,10 +511,7 @@ def make_caption(scene: MovingScene, rng: np.random.Generator) -> str:
     e.g. "in this clip a little blue cross slides upward, and after that a big white square goes
     to the right".
     """
-    events = _event_phrase(scene.objects[0], rng)
-    for obj in scene.objects[1:]:
-        events += shapes.pick(rng, JOINERS) + _event_phrase(obj, rng)
-    return shapes.pick(rng, CAPTION_TEMPLATES).format(events=events)
+    return shapes.join_in_order(scene.objects, _event_phrase, JOINERS, CAPTION_TEMPLATES, rng)
 
 
 def make_captions(scene: MovingScene, num_captions: int, rng: np.random.Generator) -> list[str]:
@@ -529,11 +526,11 @@ _EVENT_RE = re.compile(
     rf" ({shapes.alternation(SHAPE_NAMES)}) (?:{shapes.alternation(VERBS)})"
     rf" ({shapes.alternation(_WORD_TO_DIRECTION)})"
 )
-_TEMPLATE_RES = [
-    re.compile("^" + re.escape(t).replace(re.escape("{events}"), "(?P<events>.+)") + "$")
-    for t in CAPTION_TEMPLATES
-]
-_JOINER_RE = re.compile(shapes.alternation(JOINERS))
+_PARSE = shapes.in_order_parser(
+    CAPTION_TEMPLATES, JOINERS, _EVENT_RE,
+    lambda size, colour, shape, direction: _item(
+        _WORD_TO_SIZE[size], COLOUR_NAMES.index(colour), SHAPE_NAMES.index(shape), _WORD_TO_DIRECTION[direction]),
+)
 
 
 def parse_caption(text: str) -> str | None:
@@ -542,28 +539,7 @@ def parse_caption(text: str) -> str | None:
     Accepts every caption `make_caption` writes, ignoring case, outer whitespace and a final full
     stop. Used to score generated captions by exact scene match.
     """
-    text = " ".join(text.lower().strip().rstrip(".").split())
-    for template in _TEMPLATE_RES:
-        match = template.match(text)
-        if match is None:
-            continue
-        items = []
-        for phrase in _JOINER_RE.split(match.group("events")):
-            event = _EVENT_RE.fullmatch(phrase)
-            if event is None:
-                break
-            size, colour, shape, direction = event.groups()
-            items.append(
-                _item(
-                    _WORD_TO_SIZE[size],
-                    COLOUR_NAMES.index(colour),
-                    SHAPE_NAMES.index(shape),
-                    _WORD_TO_DIRECTION[direction],
-                )
-            )
-        else:
-            return "|".join(items)
-    return None
+    return _PARSE(text)
 
 
 # --- One example ----------------------------------------------------------------------------------

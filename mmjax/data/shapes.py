@@ -448,6 +448,48 @@ def make_captions(scene: Scene, num_captions: int, rng: np.random.Generator) -> 
     return distinct_captions(make_caption, scene, num_captions, rng)
 
 
+def join_in_order(items: Sequence[Any], phrase: Callable[[Any, np.random.Generator], str],
+                  joiners: Sequence[str], templates: Sequence[str], rng: np.random.Generator) -> str:
+    """The items' phrases told in order ("... then ..."), each joined by a random joiner, in a
+    random template with an "{events}" slot: the captions of the worlds where order matters
+    (moving_shapes, sounds). Draws phrase, joiner, phrase, ..., then the template."""
+    text = phrase(items[0], rng)
+    for item in items[1:]:
+        text += pick(rng, joiners) + phrase(item, rng)
+    return pick(rng, templates).format(events=text)
+
+
+def in_order_parser(templates: Sequence[str], joiners: Sequence[str], phrase: re.Pattern,
+                    item: Callable[..., str]) -> Callable[[str], str | None]:
+    """The inverse of `join_in_order`: text -> the items of its phrases joined by "|", or None.
+
+    `phrase` matches one phrase; `item(*phrase.groups())` is its part of the scene key. Case,
+    outer whitespace and a final full stop are ignored.
+    """
+    template_res = [re.compile("^" + re.escape(t).replace(re.escape("{events}"), "(?P<events>.+)") + "$")
+                    for t in templates]
+    # at one position the longer joiners are tried first: ", then " before " then "
+    joiner_re = re.compile(alternation(joiners))
+
+    def parse(text: str) -> str | None:
+        text = " ".join(text.lower().strip().rstrip(".").split())
+        for template in template_res:
+            match = template.match(text)
+            if match is None:
+                continue
+            items = []
+            for part in joiner_re.split(match.group("events")):
+                found = phrase.fullmatch(part)
+                if found is None:
+                    break
+                items.append(item(*found.groups()))
+            else:
+                return "|".join(items)
+        return None
+
+    return parse
+
+
 def alternation(words: Sequence[str]) -> str:
     """A regular expression matching any of `words`, longest first (so "top left" is tried
     before "top")."""

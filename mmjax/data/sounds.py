@@ -417,10 +417,7 @@ def make_caption(scene: SoundScene, rng: np.random.Generator) -> str:
     """One random phrasing of the whole clip, naming every event's duration, pitch and kind in
     time order, e.g. "you can hear a brief shrill beep followed by a long deep hiss"."""
     events = sorted(scene.events, key=lambda e: e.start)
-    text = _event_phrase(events[0], rng)
-    for event in events[1:]:
-        text += shapes.pick(rng, EVENT_JOINERS) + _event_phrase(event, rng)
-    return shapes.pick(rng, CAPTION_TEMPLATES).format(events=text)
+    return shapes.join_in_order(events, _event_phrase, EVENT_JOINERS, CAPTION_TEMPLATES, rng)
 
 
 def make_captions(scene: SoundScene, num_captions: int, rng: np.random.Generator) -> list[str]:
@@ -434,12 +431,10 @@ _PHRASE_RE = re.compile(
     rf"a ({shapes.alternation(_WORD_TO_DURATION)}) ({shapes.alternation(_WORD_TO_PITCH)})"
     rf" ({shapes.alternation(KIND_NAMES)})"
 )
-_TEMPLATE_RES = [
-    re.compile("^" + re.escape(t).replace(re.escape("{events}"), "(?P<events>.+)") + "$")
-    for t in CAPTION_TEMPLATES
-]
-# at one position the longer joiners are tried first: ", then " before " then "
-_JOINER_RE = re.compile(shapes.alternation(EVENT_JOINERS))
+_PARSE = shapes.in_order_parser(
+    CAPTION_TEMPLATES, EVENT_JOINERS, _PHRASE_RE,
+    lambda duration, pitch, kind: _item(_WORD_TO_DURATION[duration], _WORD_TO_PITCH[pitch], KIND_NAMES.index(kind)),
+)
 
 
 def parse_caption(text: str) -> str | None:
@@ -448,23 +443,7 @@ def parse_caption(text: str) -> str | None:
     Accepts every caption `make_caption` writes, ignoring case, outer whitespace and a final full
     stop. Used to score generated captions by exact scene match.
     """
-    text = " ".join(text.lower().strip().rstrip(".").split())
-    for template in _TEMPLATE_RES:
-        match = template.match(text)
-        if match is None:
-            continue
-        items = []
-        for phrase in _JOINER_RE.split(match.group("events")):
-            event = _PHRASE_RE.fullmatch(phrase)
-            if event is None:
-                break
-            duration, pitch, kind = event.groups()
-            items.append(
-                _item(_WORD_TO_DURATION[duration], _WORD_TO_PITCH[pitch], KIND_NAMES.index(kind))
-            )
-        else:
-            return "|".join(items)
-    return None
+    return _PARSE(text)
 
 
 # --- One example ----------------------------------------------------------------------------------

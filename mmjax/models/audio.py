@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.data.audio import SpectrogramConfig, log_mel_spectrogram
+from mmjax.models.video import encode_and_mean_pool
 from mmjax.nn.embed import SpaceTimePositionEmbedding, SpectrogramPatchEmbed
-from mmjax.nn.transformer import Encoder, gelu
+from mmjax.nn.transformer import gelu
 
 Array = jax.Array
 
@@ -83,9 +84,4 @@ class AudioTransformer(nn.Module):
         tokens = SpaceTimePositionEmbedding(self.num_frames // self.patch_frames,
                                             self.spectrogram.n_mels // self.patch_bins,
                                             factorised=self.factorised_positions, name="pos_embed")(tokens)
-        tokens = Encoder(
-            depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-            dropout_rate=self.dropout_rate, layer_norm_epsilon=self.layer_norm_epsilon, scan=self.scan,
-            unroll=self.unroll, remat=self.remat, dtype=self.dtype, name="encoder",
-        )(tokens, deterministic=deterministic)
-        return {"tokens": tokens, "pooled": jnp.mean(tokens, axis=1)}
+        return encode_and_mean_pool(self, tokens, deterministic)

@@ -66,9 +66,19 @@ class VideoTransformer(nn.Module):
         num_places = (video.shape[2] // self.patch_size) * (video.shape[3] // self.patch_size)
         tokens = SpaceTimePositionEmbedding(num_times, num_places, factorised=self.factorised_positions,
                                             name="pos_embed")(tokens)
-        tokens = Encoder(
-            depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-            dropout_rate=self.dropout_rate, layer_norm_epsilon=self.layer_norm_epsilon, scan=self.scan,
-            unroll=self.unroll, remat=self.remat, dtype=self.dtype, name="encoder",
-        )(tokens, deterministic=deterministic)
-        return {"tokens": tokens, "pooled": jnp.mean(tokens, axis=1)}
+        return encode_and_mean_pool(self, tokens, deterministic)
+
+
+def encode_and_mean_pool(tower: nn.Module, tokens: Array, deterministic: bool) -> dict[str, Array]:
+    """The transformer of a media tower over its tokens [batch, seq, width], and their mean.
+
+    `tower` carries the Encoder's settings under the same names (depth, num_heads, mlp_dim, ...),
+    as `VideoTransformer` and `AudioTransformer` do; it is called inside the tower's compact method,
+    so the Encoder's parameters live under the tower's "encoder".
+    """
+    tokens = Encoder(
+        depth=tower.depth, num_heads=tower.num_heads, mlp_dim=tower.mlp_dim, activation=tower.activation,
+        dropout_rate=tower.dropout_rate, layer_norm_epsilon=tower.layer_norm_epsilon, scan=tower.scan,
+        unroll=tower.unroll, remat=tower.remat, dtype=tower.dtype, name="encoder",
+    )(tokens, deterministic=deterministic)
+    return {"tokens": tokens, "pooled": jnp.mean(tokens, axis=1)}
