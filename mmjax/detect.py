@@ -77,14 +77,9 @@ def draw(path: str, detections: Sequence[dict], out_png: str) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-    from absl import app
+    from mmjax.training.user_errors import command_main
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from mmjax.training.user_errors import one_line_errors
-
-    with one_line_errors():  # a missing file or a bad flag: one line saying what to do
-        _run(_FLAGS)
+    command_main(list(argv), lambda: _run(_FLAGS))
 
 
 def _run(flags: types.SimpleNamespace) -> None:

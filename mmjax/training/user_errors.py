@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from absl import logging as absl_logging
 
@@ -45,3 +45,14 @@ def _not_a_storage_error_from_orbax(record: logging.LogRecord) -> bool:
     if "orbax" not in record.pathname:
         return True
     return storage_error(record.exc_info[1] if record.exc_info else record.getMessage()) is None
+
+
+def command_main(argv: list[str], run: Callable[[], None]) -> None:
+    """The body of a command-line tool's absl `main`: no stray arguments, then `run()` with user
+    errors ending in one line (`one_line_errors`)."""
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    with one_line_errors():
+        run()
