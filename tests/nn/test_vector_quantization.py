@@ -1,0 +1,89 @@
+"""Vector quantization against explicit formulas in float64: nearest codes, straight-through
+gradients, the commitment loss, the EMA codebook update, dead-code restarts, perplexity."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax.nn.vector_quantization import (
+    EmaCodebook,
+    code_perplexity,
+    ema_update,
+    init_ema_codebook,
+    nearest_codes,
+    quantize,
+    restart_dead_codes,
+)
+
+RNG = np.random.default_rng(0)
+VECTORS = RNG.normal(size=(4, 6, 8)).astype(np.float32)  # [batch, positions, D]
+CODEBOOK = RNG.normal(size=(16, 8)).astype(np.float32)  # [K, D]
+
+
+def test_each_vector_gets_its_nearest_code():
+    distances = ((VECTORS.astype(np.float64)[..., None, :] - CODEBOOK.astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_array_equal(nearest_codes(VECTORS, CODEBOOK), distances.argmin(-1))
+
+
+def test_straight_through_is_the_code_forward_and_the_identity_backward():
+    out = quantize(VECTORS, CODEBOOK)
+    np.testing.assert_allclose(out.straight_through, CODEBOOK[np.asarray(out.codes)], rtol=1e-6, atol=1e-6)
+    weights = RNG.normal(size=VECTORS.shape).astype(np.float32)
+    grad = jax.grad(lambda z: jnp.sum(weights * quantize(z, CODEBOOK).straight_through))(VECTORS)
+    np.testing.assert_allclose(grad, weights, rtol=1e-6)  # dL/dz = dL/dz_q, unchanged
+
+
+def test_commitment_loss_and_its_gradient_pull_the_vector_to_its_code():
+    out = quantize(VECTORS, CODEBOOK)
+    z_q = CODEBOOK[np.asarray(out.codes)].astype(np.float64)
+    diff = VECTORS.astype(np.float64) - z_q
+    np.testing.assert_allclose(float(out.commitment_loss), np.mean(np.sum(diff**2, -1)), rtol=1e-6)
+    grad = jax.grad(lambda z: quantize(z, CODEBOOK).commitment_loss)(VECTORS)
+    np.testing.assert_allclose(grad, 2 * diff / (4 * 6), rtol=1e-5, atol=1e-7)  # no gradient into the codes
+
+
+def test_the_ema_update_follows_the_formulas_and_leaves_an_unchosen_code_in_place():
+    state = EmaCodebook(jnp.asarray(RNG.uniform(0.5, 2.0, 16), jnp.float32), jnp.asarray(CODEBOOK * 1.5),
+                        jnp.asarray(CODEBOOK))
+    codes = np.asarray(nearest_codes(VECTORS, CODEBOOK)).reshape(-1)
+    gamma, eps = 0.9, 1e-5
+    new = ema_update(state, VECTORS, codes.reshape(4, 6), decay=gamma, epsilon=eps)
+    z = VECTORS.reshape(-1, 8).astype(np.float64)
+    n = np.bincount(codes, minlength=16)
+    s = np.stack([z[codes == k].sum(0) for k in range(16)])
+    counts = gamma * np.asarray(state.counts, np.float64) + (1 - gamma) * n
+    sums = gamma * np.asarray(state.sums, np.float64) + (1 - gamma) * s
+    smoothed = (counts + eps) / (counts.sum() + 16 * eps) * counts.sum()
+    np.testing.assert_allclose(new.counts, counts, rtol=1e-6)
+    np.testing.assert_allclose(new.sums, sums, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new.codebook, sums / smoothed[:, None], rtol=1e-5, atol=1e-6)
+    unchosen = np.flatnonzero(n == 0)
+    assert len(unchosen) > 0  # 24 vectors, 16 codes: some are not chosen
+    np.testing.assert_allclose(new.sums[unchosen], gamma * np.asarray(state.sums)[unchosen], rtol=1e-6)
+
+
+def test_repeated_updates_move_each_code_to_the_mean_of_its_vectors():
+    centres = RNG.normal(size=(4, 8)).astype(np.float32) * 5
+    vectors = (np.repeat(centres, 50, axis=0) + 0.1 * RNG.normal(size=(200, 8))).astype(np.float32)
+    state = init_ema_codebook(jnp.asarray(centres + RNG.normal(size=(4, 8)).astype(np.float32)))
+    for _ in range(300):
+        state = ema_update(state, vectors, nearest_codes(vectors, state.codebook), decay=0.95)
+    means = vectors.reshape(4, 50, 8).mean(1)
+    np.testing.assert_allclose(state.codebook, means, atol=1e-3)
+
+
+def test_dead_codes_restart_on_batch_vectors_and_live_codes_stay():
+    state = init_ema_codebook(jnp.asarray(CODEBOOK))
+    state = state._replace(counts=state.counts.at[jnp.asarray([2, 7])].set(0.0))
+    restarted = restart_dead_codes(state, VECTORS, jax.random.key(0), threshold=1e-3)
+    batch = VECTORS.reshape(-1, 8)
+    for k in (2, 7):
+        assert any(np.allclose(restarted.codebook[k], v) for v in batch) and float(restarted.counts[k]) == 1.0
+    live = np.asarray([k for k in range(16) if k not in (2, 7)])
+    np.testing.assert_array_equal(np.asarray(restarted.codebook)[live], CODEBOOK[live])
+
+
+@pytest.mark.parametrize("codes, expected", [(np.arange(16) % 8, 8.0), (np.zeros(10, np.int32), 1.0)])
+def test_perplexity_counts_the_codes_in_use(codes, expected):
+    assert float(code_perplexity(jnp.asarray(codes), 16)) == pytest.approx(expected, rel=1e-6)
