@@ -316,10 +316,7 @@ def scene_label(scene: MovingScene) -> int:
 def split_of_scene(scene: MovingScene, config: MovingShapesConfig) -> str:
     """The one split a clip belongs to (see the module docstring)."""
     heldout = config.heldout_ids
-    if any((o.shape, o.direction) in heldout for o in scene.objects):
-        return "compositional_test"
-    bucket = shapes.scene_bucket(scene.key())
-    return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
+    return shapes.split_of_key(scene.key(), any((o.shape, o.direction) in heldout for o in scene.objects))
 
 
 # --- Sampling -------------------------------------------------------------------------------------

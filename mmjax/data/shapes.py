@@ -277,13 +277,19 @@ def scene_bucket(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 100
 
 
+def split_of_key(key: str, has_heldout: bool) -> str:
+    """The split of a scene of any world: `compositional_test` if it shows a held-out combination,
+    else train (80%), validation (10%) or test (10%) by the stable bucket of its key."""
+    if has_heldout:
+        return "compositional_test"
+    bucket = scene_bucket(key)
+    return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
+
+
 def split_of_scene(scene: Scene, config: ShapesConfig) -> str:
     """The one split a scene belongs to (see the module docstring)."""
     heldout = config.heldout_ids
-    if any((o.colour, o.shape) in heldout for o in scene.objects):
-        return "compositional_test"
-    bucket = scene_bucket(scene.key())
-    return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
+    return split_of_key(scene.key(), any((o.colour, o.shape) in heldout for o in scene.objects))
 
 
 # --- Sampling -------------------------------------------------------------------------------------

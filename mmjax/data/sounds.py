@@ -73,7 +73,7 @@ from typing import Any
 import numpy as np
 
 from mmjax.data import shapes
-from mmjax.data.shapes import SPLITS, scene_bucket  # noqa: F401 (SPLITS: this world has the same splits)
+from mmjax.data.shapes import SPLITS  # noqa: F401 (this world has the same splits)
 
 # --- Vocabulary -----------------------------------------------------------------------------------
 
@@ -272,10 +272,7 @@ def scene_label(scene: SoundScene) -> int:
 def split_of_scene(scene: SoundScene, config: SoundsConfig) -> str:
     """The one split a scene belongs to (see the module docstring)."""
     heldout = config.heldout_ids
-    if any((e.pitch, e.kind) in heldout for e in scene.events):
-        return "compositional_test"
-    bucket = scene_bucket(scene.key())
-    return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
+    return shapes.split_of_key(scene.key(), any((e.pitch, e.kind) in heldout for e in scene.events))
 
 
 # --- Sampling -------------------------------------------------------------------------------------
