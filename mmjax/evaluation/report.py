@@ -268,12 +268,14 @@ def plot_retrieval_grid(
 def plot_text_to_image_grid(
     query_captions: Sequence[str],
     retrieved_images: np.ndarray,
-    hits: np.ndarray | Sequence[Sequence[bool]],
+    hits: np.ndarray | Sequence[Sequence[bool]] | None,
     out_png: str,
 ) -> str:
-    """Text → image examples: per row, a query caption and its top-k retrieved images.
+    """Text → image examples: per row, a query caption and k images (retrieved, best first, or
+    generated from the caption, or an original and its reconstruction).
 
-    Each image has a thick green border (✓, relevant to the caption) or red border (✗, not).
+    Each image has a thick green border (✓, relevant to the caption) or red border (✗, not);
+    with `hits=None` the images are shown unmarked, numbered.
 
     Args:
       query_captions: n captions.
@@ -284,13 +286,14 @@ def plot_text_to_image_grid(
     Returns:
       out_png.
     """
-    hits = np.asarray(hits, dtype=bool)
+    marked = hits is not None
     num_queries = len(query_captions)
     if num_queries == 0:
         raise ValueError("nothing to plot: no queries")
+    k = np.shape(retrieved_images)[1]
+    hits = np.asarray(hits, dtype=bool) if marked else np.ones((num_queries, k), bool)
     _check_lengths(num_queries, retrieved_images=retrieved_images, hits=hits)
-    k = hits.shape[1]
-    if np.shape(retrieved_images)[1] != k:
+    if hits.shape[1] != k:
         raise ValueError(f"retrieved_images has {np.shape(retrieved_images)[1]} images per row, hits {k}")
     width, height = 4 + 2.2 * k, 2.4 * num_queries
     figure = Figure(figsize=(width, height))  # fixed margins: see plot_retrieval_grid
@@ -305,6 +308,9 @@ def plot_text_to_image_grid(
         for rank in range(k):
             image_axes = figure.add_subplot(grid[row, rank + 1])
             _show_image(image_axes, retrieved_images[row][rank])
+            if not marked:
+                image_axes.set_title(f"{rank + 1}", fontsize=11)
+                continue
             mark, color = (HIT_MARK, HIT_COLOR) if hits[row, rank] else (MISS_MARK, MISS_COLOR)
             image_axes.set_axis_on()
             image_axes.set_xticks([])

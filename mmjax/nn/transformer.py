@@ -120,6 +120,9 @@ class EncoderBlock(nn.Module):
 
     `mask` (bool, broadcastable to [batch, heads, seq, seq]) restricts self-attention: causal for
     text, padding for ragged batches, both combined for a padded causal text tower. With
+    `decode=True` the attention keeps a key/value cache and is causal by itself (a decoder-only
+    model generating one token at a time, see `MultiHeadAttention`); x is then the new token(s)
+    [batch, n_new, width]. With
     `relative_position_grid`, the block owns a table [heads, (2h-1)(2w-1)] (zero at init) added
     to the attention logits by offset (`relative_position_bias`).
     """
@@ -135,9 +138,13 @@ class EncoderBlock(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True,
+                 decode: bool = False) -> Array:
         bias = None
         if self.relative_position_grid is not None:
+            if decode:
+                raise ValueError("decode=True does not support relative_position_grid (the bias "
+                                 "is laid out for the whole sequence)")
             table = self.param("relative_position_bias", nn.initializers.zeros_init(),
                                (self.num_heads, relative_position_count(self.relative_position_grid)))
             bias = relative_position_bias(table, self.relative_position_grid, x.shape[1])
@@ -155,7 +162,7 @@ class EncoderBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="attn",
-        )(h, mask=mask, bias=bias, deterministic=deterministic)
+        )(h, mask=mask, bias=bias, deterministic=deterministic, decode=decode)
         x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         h = norm(name="ln_mlp")(x)
         h = MlpBlock(
@@ -174,8 +181,8 @@ class _ScannedBlock(EncoderBlock):
     """EncoderBlock with the (carry, per-step output) signature that `nn.scan` expects."""
 
     @nn.compact
-    def __call__(self, x, mask, deterministic):  # type: ignore[override]
-        return super().__call__(x, mask, deterministic), None
+    def __call__(self, x, mask, deterministic, decode=False):  # type: ignore[override]
+        return super().__call__(x, mask, deterministic, decode), None
 
 
 
@@ -226,6 +233,11 @@ def _apply_blocks(
 class Encoder(nn.Module):
     """`depth` pre-LN blocks and a final LayerNorm: [batch, seq, width] -> [batch, seq, width].
 
+    Called as `encoder(x, mask, deterministic, decode)`. `decode=True` makes it a decoder-only
+    stack generating against a key/value cache (collection 'cache', one slice per layer; create
+    it with `init(..., decode=True)` on a [batch, max_len, width] input): each call takes the next
+    token(s) [batch, n_new, width] and attends causally over what the cache holds.
+
     Attributes:
       depth: number of blocks.
       num_heads, mlp_dim, activation, dropout_rate: per block.
@@ -261,7 +273,8 @@ class Encoder(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True,
+                 decode: bool = False) -> Array:
         block_kwargs = dict(
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,
@@ -274,9 +287,9 @@ class Encoder(nn.Module):
             param_dtype=self.param_dtype,
         )
         x = _apply_blocks(
-            EncoderBlock, _ScannedBlock, block_kwargs, (x, mask, deterministic),
-            # argnums count `self`: 3 is `deterministic`, a Python bool.
-            depth=self.depth, scan=self.scan, remat=self.remat, static_argnums=(3,), unroll=self.unroll,
+            EncoderBlock, _ScannedBlock, block_kwargs, (x, mask, deterministic, decode),
+            # argnums count `self`: 3 and 4 are `deterministic` and `decode`, Python bools.
+            depth=self.depth, scan=self.scan, remat=self.remat, static_argnums=(3, 4), unroll=self.unroll,
         )
         return nn.LayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final"

@@ -51,7 +51,7 @@ TRAIN = "train"
 FROZEN = "frozen"
 
 
-def _as_patterns(patterns: str | Sequence[str] | None) -> tuple[str, ...]:
+def as_patterns(patterns: str | Sequence[str] | None) -> tuple[str, ...]:
     """`config.freeze` as a tuple: None or () -> (), a single string -> (string,)."""
     if not patterns:
         return ()
@@ -98,7 +98,7 @@ def freeze_labels(params: Any, patterns: str | Sequence[str] | None) -> Any:
     Raises a ValueError for a pattern that matches no parameter (`compile_patterns`).
     """
     names = param_names(params)
-    compiled = compile_patterns(names, _as_patterns(patterns), "config.freeze")
+    compiled = compile_patterns(names, as_patterns(patterns), "config.freeze")
     labels = [FROZEN if any(r.search(name) for r in compiled) else TRAIN for name in names]
     return jax.tree.unflatten(jax.tree.structure(params), labels)
 
@@ -112,7 +112,7 @@ def freeze_parameters(
     checkpoints of runs without freezing are unaffected). The labels are computed from the
     parameter tree when the optimizer is initialised, which is where an unmatched pattern fails.
     """
-    patterns = _as_patterns(patterns)
+    patterns = as_patterns(patterns)
     if not patterns:
         return optimizer
     return optax.multi_transform(

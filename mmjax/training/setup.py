@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmjax.training import sharding as shd
-from mmjax.training.freeze import freeze_parameters
+from mmjax.training.freeze import as_patterns, freeze_parameters
 from mmjax.training.optimizer import make_optimizer, make_schedule
 from mmjax.training.pretrained import load_pretrained
 from mmjax.training.state import create_train_state
@@ -64,7 +64,11 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     )
     # Parameters matched by the regexes of config.freeze (e.g. LiT's "^image_encoder/") get zero
     # updates and no optimizer state; the optimizer above sees only the others (see `freeze`).
-    optimizer = freeze_parameters(optimizer, config.get("freeze"))
+    # A task's `untrained_params` (regexes like config.freeze) are frozen too: moving averages
+    # that the step sets with `task.update_moving_averages` (a VQ-VAE's codebook), or a stage
+    # trained by another run (the text-to-image prior's image tokenizer).
+    freeze = as_patterns(config.get("freeze")) + tuple(getattr(task, "untrained_params", ()))
+    optimizer = freeze_parameters(optimizer, freeze)
     shd.check_batch_size(config.batch_size, mesh)
     num_microbatches = config.get("grad_accum_steps", 1)
     if num_microbatches < 1 or config.batch_size % (num_microbatches * shd.num_batch_shards(mesh)):
@@ -107,6 +111,6 @@ def setup_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         return state
 
     train_step = make_train_step(
-        task, optimizer, schedule, mesh, state_shardings, num_microbatches, config.get("freeze")
+        task, optimizer, schedule, mesh, state_shardings, num_microbatches, freeze
     )
     return task, schedule, init_fn, abstract_state, train_step

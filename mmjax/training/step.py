@@ -134,6 +134,11 @@ def make_train_step(
         (loss, metrics), grads = loss_and_grads(task, state.params, batch, rng, num_microbatches)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if hasattr(task, "update_moving_averages"):
+            # Parameters that are running averages (a VQ-VAE's EMA codebook) are not trained by
+            # the optimizer (setup freezes them) but set here from the batch, after the update.
+            params, average_metrics = task.update_moving_averages(params, batch, jax.random.fold_in(rng, 1))
+            metrics = {**metrics, **average_metrics}
         metrics = dict(
             metrics,
             loss=loss,

@@ -1,0 +1,46 @@
+"""The image tokenizer of DALL-E-tiny: a VQ-VAE that turns a 48 px `shapes` picture into 6x6 codes.
+
+    python train.py --config configs/vq_tiny.py --workdir runs/vq_tiny
+
+Stage 1 of `configs/dalle_tiny.py` (which loads this run's `tokenizer/` parameters). A convolutional
+encoder downsamples 8x (DALL-E's factor) to a 6x6 grid of 32-d vectors, each replaced by the
+nearest of 512 codes learned by moving averages with dead-code restarts; a mirrored decoder draws
+the picture back (`mmjax/models/vq.py`). The evaluation reports reconstruction MSE and PSNR, the
+codebook's perplexity and whether the scene parser reads each reconstruction as the picture's
+own scene (README, "Text-to-image").
+"""
+
+import ml_collections
+
+from configs import clip_tiny
+from mmjax.training.vq_task import VQTask
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = clip_tiny.get_config()  # the same data: shapes at 48 px, its tokenizer and splits
+    config.task = VQTask
+    config.model = ml_collections.ConfigDict()
+    # f = 2^len(channels) = 8: 48 px -> 6x6 codes. code_dim: the width of a code vector.
+    config.model.tokenizer = ml_collections.ConfigDict(dict(
+        channels=(16, 32, 64), code_dim=32, num_codes=512, num_res_blocks=1,
+    ))
+    config.vq = ml_collections.ConfigDict(dict(
+        # β of the commitment loss (van den Oord et al.: 0.25).
+        commitment_weight=0.25,
+        # γ of the codebook's moving averages.
+        ema_decay=0.99,
+        # A code chosen fewer times than this per step (running average) restarts on an encoder
+        # output (Jukebox's rule).
+        dead_code_threshold=1.0,
+    ))
+    config.batch_size = 64
+    config.num_steps = 1500
+    config.optimizer = ml_collections.ConfigDict(dict(
+        learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=100, weight_decay=0.0,
+        b1=0.9, b2=0.99, eps=1e-8, grad_clip_norm=1.0, skip_nonfinite_steps=0, lr_mults=(),
+    ))
+    config.checkpoint_every = 500
+    config.eval.batch_size = 250
+    # How many images of the split are reconstructed and judged (0: all, 1000).
+    config.eval.max_images = 0
+    return config

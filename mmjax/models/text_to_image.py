@@ -1,0 +1,206 @@
+"""The text-to-image prior (DALL-E's stage 2): a decoder-only transformer over [text; image codes].
+
+DALL-E (Ramesh et al. 2021) models a caption and its picture as one sequence: the caption's T
+tokens, then the N = h·w codes of the picture's VQ tokenizer in raster order,
+
+    s = [t_1 … t_T, c_1 … c_N]        p(c | t) = Π_j p(c_j | t, c_<j)
+
+and a causal transformer learns it by cross-entropy on the codes (the text is given, so it is not
+scored here):
+
+    L = −(1/N) Σ_j log softmax(W h_{T+j−1})[c_j]         h = Transformer_causal(embed(s))
+
+Position T+j−1 (the last text token for j = 1) predicts code c_j: the input is [t; c_1 … c_{N−1}],
+T + N − 1 tokens. Text and codes have their own embedding tables (a text id and a code id are
+different words) and share one learned position table over the whole sequence; the output head
+scores the K codes only. Captions are padded with 0 to T tokens; the pad tokens are part of the
+sequence (always the same ones, so the model learns to read past them).
+
+Classifier-free guidance (Ho & Salimans 2022; for autoregressive image models, Make-A-Scene and
+Parti). Training replaces the caption by the null text (T pad tokens, which no real caption is)
+with probability p, so one network is both p(c | t) and p(c). Sampling mixes the two each step,
+
+    ℓ_guided = ℓ_uncond + s · (ℓ_cond − ℓ_uncond)         (s = 1: the conditional model)
+
+in logit space, s > 1 pushing the picture towards what the caption says at a cost in variety.
+
+Sampling (`sample`) runs the stack with a key/value cache (`mmjax.nn.Encoder(decode=True)`): the
+caption is read in one call that fills positions 0..T−1 of the cache, then each code is drawn from
+the last logits (divided by the temperature, restricted to the top k) and fed back at the next
+position: N cached steps instead of N full passes. Guidance doubles the batch: rows [cond; uncond]
+share every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.nn.attention import make_causal_mask
+from mmjax.nn.transformer import Encoder, gelu
+
+Array = jax.Array
+
+NULL_TEXT_ID = 0  # the pad id: the null caption of classifier-free guidance is T of them
+
+
+class TextToImagePrior(nn.Module):
+    """[text ids; codes] -> logits over the K codes (see the module docstring).
+
+    Attributes:
+      text_vocab_size: the caption tokenizer's size; text_len: T, the padded caption length.
+      num_codes: K, the image tokenizer's codebook size; image_len: N = h·w codes per picture.
+      width, depth, num_heads, mlp_dim, activation, dropout_rate: the transformer.
+      unroll: blocks per iteration of the scanned stack (True: all; see `Encoder`).
+
+    Methods:
+      __call__(text_ids [b, T], codes [b, N]) -> logits float32 [b, N, K]: logits[:, j] predict
+        codes[:, j] from the text and codes[:, :j] (teacher forcing; one causal pass).
+      prefill(text_ids [b, T]) -> logits [b, K] for the first code, filling the cache (decode).
+      decode_code(codes [b, 1], position) -> logits [b, K] for the code after it (decode), the
+        given code sitting at sequence position `position` (T + its index).
+    """
+
+    text_vocab_size: int
+    text_len: int
+    num_codes: int
+    image_len: int
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    activation: Callable[[Array], Array] = gelu
+    dropout_rate: float = 0.0
+    unroll: int | bool = 1
+
+    def setup(self):
+        embed = lambda n, name: nn.Embed(n, self.width, embedding_init=nn.with_logical_partitioning(  # noqa: E731
+            nn.initializers.normal(0.02), ("vocab", "embed")), name=name)
+        self.text_embed = embed(self.text_vocab_size, "text_embed")
+        self.code_embed = embed(self.num_codes, "code_embed")
+        # One position per slot of [text; codes]; the cache holds T + N (the last code is fed too,
+        # so every sampling step has the same shape).
+        self.pos_embed = self.param(
+            "pos_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("length", "embed")),
+            (self.text_len + self.image_len, self.width),
+        )
+        self.stack = Encoder(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                             activation=self.activation, dropout_rate=self.dropout_rate,
+                             unroll=self.unroll, name="stack")
+        self.head = nn.Dense(
+            self.num_codes,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+            name="head",
+        )
+
+    def _check_text(self, text_ids: Array) -> None:
+        if text_ids.ndim != 2 or text_ids.shape[1] != self.text_len:
+            raise ValueError(f"text_ids must be [batch, text_len={self.text_len}]; got shape {text_ids.shape}")
+
+    def __call__(self, text_ids: Array, codes: Array, deterministic: bool = True) -> Array:
+        self._check_text(text_ids)
+        if codes.ndim != 2 or codes.shape[1] != self.image_len:
+            raise ValueError(f"codes must be [batch, image_len={self.image_len}]; got shape {codes.shape}")
+        x = jnp.concatenate([self.text_embed(text_ids), self.code_embed(codes[:, :-1])], axis=1)
+        length = x.shape[1]  # T + N − 1
+        x = x + self.pos_embed[:length]
+        h = self.stack(x, make_causal_mask(length), deterministic)
+        return self.head(h[:, self.text_len - 1:]).astype(jnp.float32)  # [b, N, K]
+
+    def prefill(self, text_ids: Array) -> Array:
+        """Reads the caption into the cache; the logits of the first code [b, K]. At init (with
+        a [b, T + N] input, `init_cache`) this creates the cache instead."""
+        x = self.text_embed(text_ids) + self.pos_embed[: text_ids.shape[1]]
+        return self.head(self.stack(x, None, True, True)[:, -1]).astype(jnp.float32)
+
+    def decode_code(self, codes: Array, position: Array) -> Array:
+        """codes [b, 1] at sequence position `position` -> logits [b, K] of the next code."""
+        position_vector = jax.lax.dynamic_slice_in_dim(self.pos_embed, position, 1, axis=0)
+        x = self.code_embed(codes) + position_vector
+        return self.head(self.stack(x, None, True, True)[:, -1]).astype(jnp.float32)
+
+
+def init_cache(prior: TextToImagePrior, batch: int) -> Any:
+    """An empty key/value cache (zeros) for `batch` sequences of T + N tokens; shapes only are
+    traced (a decode-mode init on a full-length dummy input)."""
+    length = prior.text_len + prior.image_len
+    dummy = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+    shapes = jax.eval_shape(lambda ids: prior.init(jax.random.key(0), ids, method=TextToImagePrior.prefill), dummy)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
+def guided_logits(conditional: Array, unconditional: Array, scale: float | Array) -> Array:
+    """ℓ_u + s · (ℓ_c − ℓ_u): classifier-free guidance in logit space (s = 1 gives ℓ_c)."""
+    return unconditional + scale * (conditional - unconditional)
+
+
+def filter_top_k(logits: Array, k: int) -> Array:
+    """logits [..., K] with all but the k largest of each row set to a large negative number
+    (k <= 0 or k >= K: unchanged). Ties at the k-th value are all kept."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits < kth, jnp.finfo(logits.dtype).min, logits)
+
+
+def draw(logits: Array, rng: Array, temperature: float, top_k: int) -> Array:
+    """One code per row from logits [b, K]: argmax at temperature 0, else a sample of
+    softmax(top_k(logits) / temperature). int32 [b]."""
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filter_top_k(logits, top_k) / temperature, axis=-1).astype(jnp.int32)
+
+
+class Samples(NamedTuple):
+    """What `sample` returns: codes int32 [b, N] and the (conditional) logits that each code was
+    drawn from, float32 [b, N, K] (before guidance, temperature and top-k)."""
+
+    codes: Array
+    logits: Array
+
+
+def sample(prior: TextToImagePrior, params: Any, text_ids: Array, rng: Array, *, temperature: float = 1.0,
+           top_k: int = 0, guidance_scale: float | Array | None = None) -> Samples:
+    """Codes for each caption of text_ids [b, T], drawn left to right with the cache.
+
+    guidance_scale: None samples the conditional model alone; a number s runs each step on
+    [captions; null captions] and draws from `guided_logits(ℓ_c, ℓ_u, s)`. The same rng gives
+    the same codes (jit-compile this function; it is pure).
+    """
+    batch = text_ids.shape[0]
+    guided = guidance_scale is not None
+    if guided:
+        text_ids = jnp.concatenate([text_ids, jnp.full_like(text_ids, NULL_TEXT_ID)], axis=0)
+    rows = text_ids.shape[0]
+    variables = {"params": params}
+    logits, updated = prior.apply({**variables, "cache": init_cache(prior, rows)}, text_ids,
+                                  method=TextToImagePrior.prefill, mutable=["cache"])
+
+    def step(carry, inputs):
+        logits, cache = carry
+        index, key = inputs
+        conditional = logits[:batch]
+        mixed = guided_logits(conditional, logits[batch:], guidance_scale) if guided else conditional
+        code = draw(mixed, key, temperature, top_k)
+        fed = jnp.concatenate([code, code]) if guided else code
+        logits, updated = prior.apply({**variables, "cache": cache}, fed[:, None], prior.text_len + index,
+                                      method=TextToImagePrior.decode_code, mutable=["cache"])
+        return (logits, updated["cache"]), (code, conditional)
+
+    keys = jax.random.split(rng, prior.image_len)
+    _, (codes, seen) = jax.lax.scan(step, (logits, updated["cache"]), (jnp.arange(prior.image_len), keys))
+    return Samples(codes.T, jnp.swapaxes(seen, 0, 1))
+
+
+def build_prior(config: Any, text_len: int, num_codes: int, image_len: int) -> TextToImagePrior:
+    """The prior of config.model.prior (vocab_size, width, depth, num_heads, mlp_dim, ...)."""
+    return TextToImagePrior(
+        text_vocab_size=config.vocab_size, text_len=text_len, num_codes=num_codes, image_len=image_len,
+        width=config.width, depth=config.depth, num_heads=config.num_heads, mlp_dim=config.mlp_dim,
+        activation=config.get("activation", gelu), dropout_rate=config.get("dropout_rate", 0.0),
+        unroll=config.get("unroll", 1),
+    )

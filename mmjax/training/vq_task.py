@@ -1,0 +1,166 @@
+"""Training the image tokenizer (stage 1 of DALL-E): a VQ-VAE that reconstructs `shapes` pictures.
+
+    loss = mean ||x − x̂||²  +  β · mean ||z − sg(e_k(z))||²       (x, x̂ in [-1, 1]; β = commitment)
+
+After each optimizer update the codebook follows the batch's encoder outputs by moving averages
+and codes chosen less than `dead_code_threshold` times per step (running average) restart on
+random encoder outputs (`update_moving_averages`; the formulas are in
+`mmjax.nn.vector_quantization`). The parameters live under `tokenizer/`, the subtree the prior
+(`text_to_image_task`) loads with `config.init_from`.
+
+Evaluation (`evaluate`): over a split, the reconstruction MSE (on [-1, 1] pixels) and PSNR, the
+perplexity of the code histogram and the number of codes used, and the fraction of
+reconstructions that the scene parser reads back as the picture's own scene (`recon_scene_match`;
+beside it, the same parser on the originals, the ceiling).
+
+Batch: {"images": uint8 [B, H, W, 3], "token_ids": int32 [B, text_len]} (the captions are unused
+here; the batch is the contrastive one, so the flips are the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.data.pipeline import ContrastivePreprocess, iterate_in_order
+from mmjax.evaluation.batching import batched_apply
+from mmjax.evaluation.report import format_table, plot_text_to_image_grid, results_filename, write_results
+from mmjax.evaluation.scene_parser import parse_scene
+from mmjax.models.vq import VQVAE, build_vqvae, psnr, to_uint8
+from mmjax.nn.vector_quantization import EmaCodebook, code_perplexity, ema_update, nearest_codes, restart_dead_codes
+from mmjax.training.tasks import ContrastiveTask, normalize_images
+
+Array = jax.Array
+
+
+def read_split_images(source: Any, limit: int | None = None) -> dict[str, np.ndarray]:
+    """Images uint8 [n, H, W, 3], scene keys [n] and first captions [n] of a split, in order."""
+
+    def transform(example):
+        caption = example["captions"][0]
+        key = example["scene_key"]
+        return {"image": np.asarray(example["image"]),
+                "caption": caption.decode() if isinstance(caption, bytes) else caption,
+                "scene_key": key.decode() if isinstance(key, bytes) else key}
+
+    images, captions, keys = [], [], []
+    for i, example in enumerate(iterate_in_order(source, transform, batch_size=None)):
+        if limit is not None and i >= limit:
+            break
+        images.append(example["image"])
+        captions.append(example["caption"])
+        keys.append(example["scene_key"])
+    return {"images": np.stack(images), "captions": np.asarray(captions), "scene_keys": np.asarray(keys)}
+
+
+def scene_match(images: np.ndarray, scene_keys: np.ndarray) -> np.ndarray:
+    """bool [n]: whether the parser reads image i as scene_keys[i]."""
+    return np.asarray([parse_scene(image) == key for image, key in zip(images, scene_keys)])
+
+
+@dataclasses.dataclass(frozen=True)
+class VQTask:
+    """The VQ-VAE tokenizer's training (see the module docstring)."""
+
+    model: VQVAE
+    commitment_weight: float = 0.25
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 1.0
+    # The codebook's averages: set by `update_moving_averages`, never by the optimizer.
+    untrained_params: tuple[str, ...] = ("^tokenizer/codebook/",)
+
+    @classmethod
+    def from_config(cls, config: Any) -> "VQTask":
+        vq = config.get("vq", {})
+        return cls(build_vqvae(config.model.tokenizer), vq.get("commitment_weight", 0.25),
+                   vq.get("ema_decay", 0.99), vq.get("dead_code_threshold", 1.0))
+
+    example_batch = staticmethod(ContrastiveTask.example_batch)
+
+    @staticmethod
+    def train_preprocess(data: Any, config: Any) -> Callable[[dict, np.random.Generator], dict]:
+        size = config.data.image_size
+        factor = 2 ** len(config.model.tokenizer.channels)
+        if size % factor:
+            raise ValueError(f"config.data.image_size={size} must be a multiple of the tokenizer's "
+                             f"downsampling 2^len(config.model.tokenizer.channels) = {factor}")
+        return ContrastivePreprocess(data.tokenizer, config.data.text_len, config.data.flip_probability,
+                                     data.mirror_text)
+
+    def init(self, rng: Array, batch: dict[str, Array]) -> Any:
+        return {"tokenizer": self.model.init(rng, normalize_images(batch["images"]))["params"]}
+
+    def loss(self, params: Any, batch: dict[str, Array], rng: Array, train: bool = True):
+        images = normalize_images(batch["images"])
+        out = self.model.apply({"params": params["tokenizer"]}, images)
+        mse = jnp.mean((out["reconstruction"].astype(jnp.float32) - images) ** 2)
+        loss = mse + self.commitment_weight * out["commitment_loss"]
+        return loss, {"mse": mse, "psnr": psnr(mse), "commitment_loss": out["commitment_loss"],
+                      "code_perplexity": code_perplexity(out["codes"], self.model.num_codes)}
+
+    def update_moving_averages(self, params: Any, batch: dict[str, Array], rng: Array):
+        """The EMA codebook step and dead-code restarts, from the batch's encoder outputs under
+        the parameters just updated. Returns (params, {"restarted_codes": []})."""
+        tokenizer = params["tokenizer"]
+        vectors = self.model.apply({"params": tokenizer}, normalize_images(batch["images"]), method=VQVAE.encode)
+        vectors = jax.lax.stop_gradient(vectors)
+        book = tokenizer["codebook"]
+        state = EmaCodebook(book["counts"], book["sums"], book["embedding"])
+        state = ema_update(state, vectors, nearest_codes(vectors, state.codebook), self.ema_decay)
+        restarted = jnp.sum(state.counts < self.dead_code_threshold)
+        state = restart_dead_codes(state, vectors, rng, self.dead_code_threshold)
+        book = {"counts": state.counts, "sums": state.sums, "embedding": state.codebook}
+        return {**params, "tokenizer": {**tokenizer, "codebook": book}}, {"restarted_codes": restarted}
+
+    def evaluate(self, params: Any, data: Any, config: Any, split: str, return_details: bool = False):
+        split_data = read_split_images(data.split(split), config.eval.get("max_images") or None)
+        tokenizer = {"params": params["tokenizer"]}
+
+        @jax.jit
+        def reconstruct(images):
+            codes = self.model.apply(tokenizer, normalize_images(images), method=VQVAE.tokenize)
+            return codes, to_uint8(self.model.apply(tokenizer, codes, method=VQVAE.decode_codes))
+
+        codes, reconstructions = batched_apply(reconstruct, split_data["images"], batch_size=config.eval.batch_size)
+        originals = split_data["images"].astype(np.float64) / 127.5 - 1.0
+        mse = float(np.mean((reconstructions.astype(np.float64) / 127.5 - 1.0 - originals) ** 2))
+        matched = scene_match(reconstructions, split_data["scene_keys"])
+        original_matched = scene_match(split_data["images"], split_data["scene_keys"])
+        results = {
+            "recon_mse": mse,
+            "recon_psnr": float(psnr(mse)),
+            "code_perplexity": float(code_perplexity(jnp.asarray(codes), self.model.num_codes)),
+            "codes_used": float(len(np.unique(codes))),
+            "recon_scene_match": float(matched.mean()),
+            "original_scene_match": float(original_matched.mean()),
+            "num_images": float(len(codes)),
+        }
+        details = {"originals": split_data["images"], "reconstructions": reconstructions,
+                   "codes": codes, "matched": matched, "original_matched": original_matched,
+                   "captions": split_data["captions"]}
+        return (results, details) if return_details else results
+
+    def report(self, workdir: str, results: dict, details: dict, config: Any) -> None:
+        split = config.eval.split
+        write_results(workdir, {"split": split, **results}, results_filename(split))
+        # Per row: the scene's caption, the picture and its reconstruction, green where the parser
+        # reads the scene back.
+        n = min(8, len(details["originals"]))
+        plot_text_to_image_grid(
+            list(details["captions"][:n]),
+            np.stack([details["originals"][:n], details["reconstructions"][:n]], axis=1),
+            np.stack([details["original_matched"][:n], details["matched"][:n]], axis=1),
+            os.path.join(workdir, f"reconstructions_{split}.png"),
+        )
+        grid = details["codes"].shape[1:]
+        print(format_table([{
+            "MSE": results["recon_mse"], "PSNR (dB)": results["recon_psnr"],
+            "code perplexity": results["code_perplexity"], "codes used": int(results["codes_used"]),
+            "scene parsed back": results["recon_scene_match"],
+        }], title=f"VQ-VAE on shapes/{split} ({int(results['num_images'])} images, "
+                  f"{grid[0]}x{grid[1]} codes of {self.model.num_codes})"))

@@ -1,0 +1,124 @@
+"""The text-to-image prior: causal teacher forcing, cached sampling, guidance, top-k, seeds."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mmjax.models.text_to_image import (
+    NULL_TEXT_ID, TextToImagePrior, filter_top_k, guided_logits, sample,
+)
+
+PRIOR = TextToImagePrior(text_vocab_size=17, text_len=6, num_codes=11, image_len=5, width=32, depth=2,
+                         num_heads=4, mlp_dim=64)
+
+
+@pytest.fixture(scope="module")
+def prior_params():
+    rng = np.random.default_rng(0)
+    text = jnp.asarray(rng.integers(1, 17, (3, 6)), jnp.int32)
+    codes = jnp.asarray(rng.integers(0, 11, (3, 5)), jnp.int32)
+    params = PRIOR.init(jax.random.key(1), text, codes)["params"]
+    # Random (not initial) weights everywhere, so no path is trivially zero.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    return params, text
+
+
+def test_teacher_forced_logits_are_causal(prior_params):
+    params, text = prior_params
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 11, (3, 5))
+    logits = PRIOR.apply({"params": params}, text, jnp.asarray(codes))
+    assert logits.shape == (3, 5, 11) and logits.dtype == jnp.float32
+    for j in range(5):
+        changed = codes.copy()
+        changed[:, j] = (changed[:, j] + 1 + rng.integers(0, 9, 3)) % 11
+        other = PRIOR.apply({"params": params}, text, jnp.asarray(changed))
+        # logits[:, i] predict code i from codes < i: code j moves only the predictions after it
+        np.testing.assert_allclose(other[:, : j + 1], logits[:, : j + 1], rtol=1e-5, atol=1e-5)
+        if j < 4:
+            assert np.abs(np.asarray(other[:, j + 1:] - logits[:, j + 1:])).max() > 1e-3
+    # and the text moves every prediction, the first code's included
+    other_text = text.at[:, 2].set((text[:, 2] + 1) % 17)
+    assert np.abs(np.asarray(PRIOR.apply({"params": params}, other_text, jnp.asarray(codes))[:, 0] - logits[:, 0])).min() > 0
+
+
+def test_cached_sampling_sees_the_logits_of_the_full_causal_pass(prior_params):
+    params, text = prior_params
+    samples = jax.jit(lambda p, t, r: sample(PRIOR, p, t, r))(params, text, jax.random.key(4))
+    assert samples.codes.shape == (3, 5) and samples.codes.dtype == jnp.int32
+    full = PRIOR.apply({"params": params}, text, samples.codes)
+    np.testing.assert_allclose(samples.logits, full, rtol=1e-4, atol=1e-4)
+
+
+def test_guidance_scale_one_is_the_conditional_model_and_other_scales_mix_in_the_null_text(prior_params):
+    params, text = prior_params
+    run = jax.jit(lambda p, t, r, s: sample(PRIOR, p, t, r, guidance_scale=s))
+    conditional = sample(PRIOR, params, text, jax.random.key(5))
+    at_one = run(params, text, jax.random.key(5), 1.0)
+    np.testing.assert_array_equal(at_one.codes, conditional.codes)
+    np.testing.assert_allclose(at_one.logits, conditional.logits, rtol=1e-5, atol=1e-5)
+    # the formula itself, against float64
+    rng = np.random.default_rng(6)
+    c, u = rng.normal(size=(2, 4, 11))
+    np.testing.assert_allclose(guided_logits(jnp.asarray(c, jnp.float32), jnp.asarray(u, jnp.float32), 2.5),
+                               u + 2.5 * (c - u), rtol=1e-5, atol=1e-5)
+    # with a large scale, greedy codes follow ℓ_c − ℓ_u, computed from the full passes
+    greedy = jax.jit(lambda p, t, s: sample(PRIOR, p, t, jax.random.key(0), temperature=0.0, guidance_scale=s))
+    strong = greedy(params, text, 50.0).codes
+    null = jnp.full_like(text, NULL_TEXT_ID)
+    cond = PRIOR.apply({"params": params}, text, strong)
+    uncond = PRIOR.apply({"params": params}, null, strong)
+    np.testing.assert_array_equal(strong, np.argmax(np.asarray(guided_logits(cond, uncond, 50.0)), -1))
+
+
+def test_a_fixed_seed_gives_the_same_codes_and_another_seed_others(prior_params):
+    params, text = prior_params
+    run = jax.jit(lambda p, t, r: sample(PRIOR, p, t, r, guidance_scale=3.0).codes)
+    first = run(params, jnp.tile(text, (8, 1)), jax.random.key(7))
+    np.testing.assert_array_equal(first, run(params, jnp.tile(text, (8, 1)), jax.random.key(7)))
+    assert (first != run(params, jnp.tile(text, (8, 1)), jax.random.key(8))).any()
+
+
+def test_top_k_keeps_the_k_largest_logits_and_top_1_is_greedy(prior_params):
+    logits = jnp.asarray([[0.1, 2.0, -1.0, 1.5, 0.3]])
+    kept = filter_top_k(logits, 2)
+    assert kept[0, 1] == 2.0 and kept[0, 3] == 1.5
+    assert (kept[0, [0, 2, 4]] < -1e30).all()
+    np.testing.assert_array_equal(filter_top_k(logits, 0), logits)
+    params, text = prior_params
+    top1 = sample(PRIOR, params, text, jax.random.key(9), top_k=1).codes
+    greedy = sample(PRIOR, params, text, jax.random.key(10), temperature=0.0).codes
+    np.testing.assert_array_equal(top1, greedy)
+
+
+def test_a_tiny_prior_learns_to_draw_the_codes_its_text_names():
+    """Codes are a function of the text (code j = (t_1 + j·t_2) mod K): after training, greedy
+    sampling writes them for texts it has seen, from the text alone."""
+    prior = TextToImagePrior(text_vocab_size=8, text_len=3, num_codes=7, image_len=4, width=32, depth=2,
+                             num_heads=2, mlp_dim=64)
+    rng = np.random.default_rng(11)
+    text = np.concatenate([rng.integers(1, 8, (64, 2)), np.full((64, 1), 2)], axis=1).astype(np.int32)
+    codes = ((text[:, :1] + np.arange(4)[None] * text[:, 1:2]) % 7).astype(np.int32)
+    params = prior.init(jax.random.key(0), text, codes)["params"]
+    optimizer = optax.adam(3e-3)
+    state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, state):
+        def loss(p):
+            logits = prior.apply({"params": p}, text, codes)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean()
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, state = optimizer.update(grads, state)
+        return optax.apply_updates(params, updates), state, value
+
+    for _ in range(300):
+        params, state, value = step(params, state)
+    drawn = sample(prior, params, jnp.asarray(text), jax.random.key(1), temperature=0.0).codes
+    assert float(value) < 0.05
+    assert np.mean(np.all(np.asarray(drawn) == codes, axis=1)) > 0.95
