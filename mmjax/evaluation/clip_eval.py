@@ -71,7 +71,7 @@ def embed_split(encode_images: Callable, encode_texts: Callable, source, tokeniz
         images.append(example["images"])
         captions += example["captions"]
         caption_image += [index] * len(example["captions"])
-        scene_keys.append(_str(example["scene_key"]))
+        scene_keys.append(as_str(example["scene_key"]))
         labels.append(example["label"])
     images = np.stack(images)
     caption_image = np.asarray(caption_image)
@@ -89,7 +89,8 @@ def embed_split(encode_images: Callable, encode_texts: Callable, source, tokeniz
     }
 
 
-def _str(value: Any) -> str:
+def as_str(value: Any) -> str:
+    """A text field as read from a dataset (bytes from TFDS, str from a folder) -> str."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 

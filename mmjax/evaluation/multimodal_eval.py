@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from mmjax.data.pipeline import iterate_in_order
 from mmjax.evaluation.batching import batched_apply
+from mmjax.evaluation.clip_eval import as_str
 from mmjax.evaluation.metrics import group_ids, image_text_retrieval
 from mmjax.evaluation.report import format_table, plot_text_to_image_grid, results_filename, write_results
 from mmjax.models.multi_tower import all_pairs
@@ -45,7 +46,7 @@ def embed_media_split(encoders: dict[str, Callable], source, tokenizer, text_len
     def transform(example):
         out = {m: np.asarray(example[m]) for m in media}
         out["captions"] = [c.decode("utf-8") if isinstance(c, bytes) else c for c in example["captions"]]
-        out.update({k: _str(example[k]) for k in hit_fields})
+        out.update({k: as_str(example[k]) for k in hit_fields})
         return out
 
     columns: dict[str, list] = {m: [] for m in media} | {k: [] for k in hit_fields}
@@ -68,9 +69,6 @@ def embed_media_split(encoders: dict[str, Callable], source, tokenizer, text_len
                captions=np.asarray(captions))
     return out
 
-
-def _str(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def pair_retrieval(embedded: dict[str, Any], a: str, b: str, hit_key: str, ks=KS) -> dict[str, float]:

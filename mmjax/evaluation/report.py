@@ -294,7 +294,7 @@ def plot_text_to_image_grid(
     hits = np.asarray(hits, dtype=bool) if marked else np.ones((num_queries, k), bool)
     _check_lengths(num_queries, retrieved_images=retrieved_images, hits=hits)
     if hits.shape[1] != k:
-        raise ValueError(f"retrieved_images has {np.shape(retrieved_images)[1]} images per row, hits {k}")
+        raise ValueError(f"retrieved_images has {k} images per row, hits {hits.shape[1]}")
     width, height = 4 + 2.2 * k, 2.4 * num_queries
     figure = Figure(figsize=(width, height))  # fixed margins: see plot_retrieval_grid
     grid = figure.add_gridspec(num_queries, k + 1, width_ratios=[2] + [1] * k, left=0.1 / width,

@@ -21,6 +21,8 @@ split at several resolutions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from mmjax.data import shapes
@@ -108,3 +110,8 @@ def parse_scene(image: np.ndarray, min_area: float = 4.0) -> str:
         large = half / (size / 3) > _LARGE_ABOVE
         items.append(f"{shapes.CELL_NAMES[cell]}:{shapes.SIZE_NAMES[int(large)]}:{shapes.COLOUR_NAMES[colour]}:{shape}")
     return "|".join(items)
+
+
+def scene_match(images: np.ndarray, scene_keys: Sequence[str]) -> np.ndarray:
+    """bool [n]: whether `parse_scene` reads images[i] (uint8 [n, S, S, 3]) as scene_keys[i]."""
+    return np.asarray([parse_scene(image) == key for image, key in zip(images, scene_keys)], bool)

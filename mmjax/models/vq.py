@@ -143,6 +143,7 @@ class VQVAE(nn.Module):
 
     @property
     def downsampling(self) -> int:
+        """f: each code stands for an f x f patch of pixels."""
         return 2 ** len(self.channels)
 
     def encode(self, images: Array) -> Array:
@@ -176,6 +177,16 @@ def to_uint8(images: Array) -> Array:
 def psnr(mse: Array, peak: float = 2.0) -> Array:
     """Peak signal-to-noise ratio in dB, 10 log10(peak² / MSE), for images spanning `peak` (2 for [-1, 1])."""
     return 10.0 * jnp.log10(peak**2 / jnp.maximum(mse, 1e-12))
+
+
+def code_grid_side(tokenizer: VQVAE, image_size: int) -> int:
+    """Side h = H / f of the code grid of `image_size` px pictures; a ValueError naming the config
+    fields when the downsampling f = 2^len(channels) does not divide the picture."""
+    factor = tokenizer.downsampling
+    if image_size % factor:
+        raise ValueError(f"config.data.image_size={image_size} must be a multiple of the tokenizer's downsampling "
+                         f"2^len(config.model.tokenizer.channels) = {factor}")
+    return image_size // factor
 
 
 def build_vqvae(config: Any) -> VQVAE:

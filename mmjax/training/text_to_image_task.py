@@ -37,10 +37,11 @@ import numpy as np
 from mmjax.data.pipeline import ContrastivePreprocess
 from mmjax.evaluation.batching import batched_apply
 from mmjax.evaluation.report import format_table, plot_text_to_image_grid, results_filename, write_results
+from mmjax.evaluation.scene_parser import scene_match
 from mmjax.models.text_to_image import NULL_TEXT_ID, TextToImagePrior, build_prior, sample
-from mmjax.models.vq import VQVAE, build_vqvae, to_uint8
+from mmjax.models.vq import VQVAE, build_vqvae, code_grid_side, to_uint8
 from mmjax.training.tasks import ContrastiveTask, check_vocabulary_sizes, normalize_images
-from mmjax.training.vq_task import read_split_images, scene_match
+from mmjax.training.vq_task import read_split_images
 
 Array = jax.Array
 
@@ -76,11 +77,7 @@ class TextToImageTask:
     @classmethod
     def from_config(cls, config: Any) -> "TextToImageTask":
         tokenizer = build_vqvae(config.model.tokenizer)
-        factor = 2 ** len(tokenizer.channels)
-        if config.data.image_size % factor:
-            raise ValueError(f"config.data.image_size={config.data.image_size} must be a multiple of the "
-                             f"tokenizer's downsampling {factor}")
-        side = config.data.image_size // factor
+        side = code_grid_side(tokenizer, config.data.image_size)
         prior = build_prior(config.model.prior, config.data.text_len, tokenizer.num_codes, side * side)
         dropout = config.get("text_dropout", 0.1)
         if not 0.0 <= dropout < 1.0:

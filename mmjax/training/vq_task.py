@@ -30,8 +30,10 @@ import numpy as np
 from mmjax.data.pipeline import ContrastivePreprocess, iterate_in_order
 from mmjax.evaluation.batching import batched_apply
 from mmjax.evaluation.report import format_table, plot_text_to_image_grid, results_filename, write_results
-from mmjax.evaluation.scene_parser import parse_scene
-from mmjax.models.vq import VQVAE, build_vqvae, psnr, to_uint8
+from mmjax.evaluation.clip_eval import as_str
+from mmjax.evaluation.scene_parser import scene_match
+from mmjax.models.fusion import check_fields
+from mmjax.models.vq import VQVAE, build_vqvae, code_grid_side, psnr, to_uint8
 from mmjax.nn.vector_quantization import EmaCodebook, code_perplexity, ema_update, nearest_codes, restart_dead_codes
 from mmjax.training.tasks import ContrastiveTask, normalize_images
 
@@ -42,11 +44,8 @@ def read_split_images(source: Any, limit: int | None = None) -> dict[str, np.nda
     """Images uint8 [n, H, W, 3], scene keys [n] and first captions [n] of a split, in order."""
 
     def transform(example):
-        caption = example["captions"][0]
-        key = example["scene_key"]
-        return {"image": np.asarray(example["image"]),
-                "caption": caption.decode() if isinstance(caption, bytes) else caption,
-                "scene_key": key.decode() if isinstance(key, bytes) else key}
+        return {"image": np.asarray(example["image"]), "caption": as_str(example["captions"][0]),
+                "scene_key": as_str(example["scene_key"])}
 
     images, captions, keys = [], [], []
     for i, example in enumerate(iterate_in_order(source, transform, batch_size=None)):
@@ -56,11 +55,6 @@ def read_split_images(source: Any, limit: int | None = None) -> dict[str, np.nda
         captions.append(example["caption"])
         keys.append(example["scene_key"])
     return {"images": np.stack(images), "captions": np.asarray(captions), "scene_keys": np.asarray(keys)}
-
-
-def scene_match(images: np.ndarray, scene_keys: np.ndarray) -> np.ndarray:
-    """bool [n]: whether the parser reads image i as scene_keys[i]."""
-    return np.asarray([parse_scene(image) == key for image, key in zip(images, scene_keys)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,19 +70,16 @@ class VQTask:
 
     @classmethod
     def from_config(cls, config: Any) -> "VQTask":
-        vq = config.get("vq", {})
-        return cls(build_vqvae(config.model.tokenizer), vq.get("commitment_weight", 0.25),
-                   vq.get("ema_decay", 0.99), vq.get("dead_code_threshold", 1.0))
+        model = build_vqvae(config.model.tokenizer)
+        code_grid_side(model, config.data.image_size)  # fails early on a size f does not divide
+        vq = dict(config.get("vq", {}))
+        check_fields("vq", vq, ("commitment_weight", "ema_decay", "dead_code_threshold"))
+        return cls(model, **vq)
 
     example_batch = staticmethod(ContrastiveTask.example_batch)
 
     @staticmethod
     def train_preprocess(data: Any, config: Any) -> Callable[[dict, np.random.Generator], dict]:
-        size = config.data.image_size
-        factor = 2 ** len(config.model.tokenizer.channels)
-        if size % factor:
-            raise ValueError(f"config.data.image_size={size} must be a multiple of the tokenizer's "
-                             f"downsampling 2^len(config.model.tokenizer.channels) = {factor}")
         return ContrastivePreprocess(data.tokenizer, config.data.text_len, config.data.flip_probability,
                                      data.mirror_text)
 
@@ -105,10 +96,14 @@ class VQTask:
 
     def update_moving_averages(self, params: Any, batch: dict[str, Array], rng: Array):
         """The EMA codebook step and dead-code restarts, from the batch's encoder outputs under
-        the parameters just updated. Returns (params, {"restarted_codes": []})."""
+        the parameters just updated. Returns (params, {"restarted_codes": []}).
+
+        The encoder runs forward once more for this (no backward pass). The loss's outputs are
+        not reused: the step's loss returns only (loss, metrics), for every task and under
+        gradient accumulation, and the codebook then follows the encoder it will serve next.
+        """
         tokenizer = params["tokenizer"]
         vectors = self.model.apply({"params": tokenizer}, normalize_images(batch["images"]), method=VQVAE.encode)
-        vectors = jax.lax.stop_gradient(vectors)
         book = tokenizer["codebook"]
         state = EmaCodebook(book["counts"], book["sums"], book["embedding"])
         state = ema_update(state, vectors, nearest_codes(vectors, state.codebook), self.ema_decay)

@@ -152,6 +152,23 @@ def test_plot_text_to_image_grid_writes_a_png(tmp_path):
     assert_valid_png(out, min_colours=10)
 
 
+def test_text_to_image_grid_without_marks_has_no_red_or_green_borders(tmp_path):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 60, (2, 3, 16, 16, 3), dtype=np.uint8)  # dark: no border colour in them
+    marked, plain = tmp_path / "marked.png", tmp_path / "plain.png"
+    plot_text_to_image_grid(["a", "b"], images, np.zeros((2, 3), bool), str(marked))
+    plot_text_to_image_grid(["a", "b"], images, None, str(plain))
+    assert_valid_png(plain)
+
+    def red_pixels(path):
+        rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int(np.sum((rgb[..., 0] > 180) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)))
+
+    assert red_pixels(marked) > 1000 and red_pixels(plain) == 0
+    with pytest.raises(ValueError, match="retrieved_images has 3 images per row, hits 2"):
+        plot_text_to_image_grid(["a", "b"], images, np.zeros((2, 2), bool), str(tmp_path / "x.png"))
+
+
 def test_grid_rejects_mismatched_lengths(tmp_path):
     with pytest.raises(ValueError, match="rows"):
         images = np.zeros((2, 8, 8, 3), np.uint8)

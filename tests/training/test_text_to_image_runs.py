@@ -169,6 +169,18 @@ def test_prior_without_the_tokenizer_run_is_refused_before_training(data_dir, tm
         train_and_evaluate(config, str(tmp_path / "run2"))
 
 
+def test_config_mistakes_name_the_field(data_dir):
+    config = vq_config(data_dir)
+    config.vq.commitment = 0.5
+    with pytest.raises(ValueError, match=r"config.vq has unknown field\(s\) \['commitment'\]"):
+        setup_training(config, shd.make_mesh(config.mesh))
+    config = vq_config(data_dir)
+    config.model.tokenizer.channels = (8, 16, 16, 16, 16)  # f = 32 does not divide 48
+    with pytest.raises(ValueError, match="image_size=48 must be a multiple of the tokenizer's downsampling "
+                                         r"2\^len\(config.model.tokenizer.channels\) = 32"):
+        setup_training(config, shd.make_mesh(config.mesh))
+
+
 def _generate(workdir, config_path, *flags):
     return subprocess.run(
         [sys.executable, "-m", "mmjax.generate", "--checkpoint", workdir, "--config", config_path, *flags],
