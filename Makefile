@@ -21,7 +21,7 @@ RUN = LD_PRELOAD="$$($(PY) -m mmjax.training.allocator)" $(PY)
 
 FUSION_CONFIGS := late_fusion_vqa_tiny early_fusion_vqa_tiny albef_tiny coca_tiny
 
-.PHONY: install train eval data digits detection fusion media bench docs docs-check test test-slow test-all clean
+.PHONY: install train eval data digits detection fusion media dalle bench docs docs-check test test-slow test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,14 @@ media: install
 	$(RUN) train.py --config configs/audio_clip_tiny.py --workdir runs/audio_clip_tiny $(ARGS)
 	$(RUN) train.py --config configs/triple_tiny.py --workdir runs/triple_tiny $(ARGS)
 	$(RUN) train.py --config configs/triple_tiny.py:video_audio --workdir runs/triple_tiny_video_audio $(ARGS)
+
+# Text-to-image, DALL-E's two stages (about 25 minutes on 2 CPU cores): the clip_tiny judge if
+# runs/clip_tiny has no checkpoint, the VQ-VAE tokenizer, then the prior over its codes, judged by
+# the scene parser and the CLIP (runs/dalle_tiny/results.json, samples_test.png).
+dalle: install
+	test -n "$$(ls runs/clip_tiny/checkpoints 2>/dev/null)" || $(RUN) train.py --config configs/clip_tiny.py --workdir runs/clip_tiny
+	$(RUN) train.py --config configs/vq_tiny.py --workdir runs/vq_tiny $(ARGS)
+	$(RUN) train.py --config configs/dalle_tiny.py --workdir runs/dalle_tiny $(ARGS)
 
 # Every benchmark (about 25 minutes on 2 CPU cores): rewrites BENCHMARKS.md's tables and
 # docs/bench/*.png; `make bench ARGS="--only step peer"` runs some suites only.

@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.text_dropout = 0.1
 
     config.batch_size = 64
-    config.num_steps = 1500
+    config.num_steps = 2000
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=5e-4, end_learning_rate=1e-5, warmup_steps=100, weight_decay=0.05,
         b1=0.9, b2=0.98, eps=1e-8, grad_clip_norm=1.0, skip_nonfinite_steps=0, lr_mults=(),

@@ -57,10 +57,10 @@ class TextToImagePrior(nn.Module):
       unroll: blocks per iteration of the scanned stack (True: all; see `Encoder`).
 
     Methods:
-      __call__(text_ids [b, T], codes [b, N]) -> logits float32 [b, N, K]: logits[:, j] predict
-        codes[:, j] from the text and codes[:, :j] (teacher forcing; one causal pass).
-      prefill(text_ids [b, T]) -> logits [b, K] for the first code, filling the cache (decode).
-      decode_code(codes [b, 1], position) -> logits [b, K] for the code after it (decode), the
+      __call__: (text_ids [b, T], codes [b, N]) -> logits float32 [b, N, K]; logits[:, j]
+        predict codes[:, j] from the text and codes[:, :j] (teacher forcing; one causal pass).
+      prefill: text_ids [b, T] -> logits [b, K] of the first code, filling the cache (decode).
+      decode_code: (codes [b, 1], position) -> logits [b, K] of the code after it (decode), the
         given code sitting at sequence position `position` (T + its index).
     """
 
@@ -180,6 +180,7 @@ def sample(prior: TextToImagePrior, params: Any, text_ids: Array, rng: Array, *,
     logits, updated = prior.apply({**variables, "cache": init_cache(prior, rows)}, text_ids,
                                   method=TextToImagePrior.prefill, mutable=["cache"])
 
+    # --8<-- [start:sample_step]
     def step(carry, inputs):
         logits, cache = carry
         index, key = inputs
@@ -190,6 +191,7 @@ def sample(prior: TextToImagePrior, params: Any, text_ids: Array, rng: Array, *,
         logits, updated = prior.apply({**variables, "cache": cache}, fed[:, None], prior.text_len + index,
                                       method=TextToImagePrior.decode_code, mutable=["cache"])
         return (logits, updated["cache"]), (code, conditional)
+    # --8<-- [end:sample_step]
 
     keys = jax.random.split(rng, prior.image_len)
     _, (codes, seen) = jax.lax.scan(step, (logits, updated["cache"]), (jnp.arange(prior.image_len), keys))

@@ -124,10 +124,12 @@ class VQVAE(nn.Module):
     """Image tokenizer (see the module docstring).
 
     Methods:
-      __call__(images) -> {"reconstruction" [b, H, W, 3], "codes" int32 [b, h, w],
-                            "vectors" z [b, h, w, D], "commitment_loss" []}
-      encode(images) -> z [b, h, w, D];   tokenize(images) -> codes int32 [b, h, w]
-      decode_codes(codes [b, h, w]) -> images [b, H, W, 3] in about [-1, 1]
+      __call__: images [b, H, W, 3] -> {"reconstruction" [b, H, W, 3], "codes" int32 [b, h, w],
+        "vectors" z [b, h, w, D], "commitment_loss" []}.
+      encode: images -> z [b, h, w, D].
+      tokenize: images -> codes int32 [b, h, w].
+      decode_codes: codes [b, h, w] -> images [b, H, W, 3] in about [-1, 1].
+
     Images are float in [-1, 1] (`normalize_images`).
     """
 

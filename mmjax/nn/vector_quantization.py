@@ -71,11 +71,14 @@ class Quantized(NamedTuple):
 
 def quantize(vectors: Array, codebook: Array) -> Quantized:
     """Each vector [..., D] replaced by its nearest code of `codebook` [K, D] (see the module docstring)."""
+    # --8<-- [start:quantize]
     codes = nearest_codes(vectors, codebook)
     quantized = jnp.take(codebook, codes, axis=0).astype(vectors.dtype)
+    # Forward: z_q. Backward: the identity (the stop_gradient term has no gradient).
     straight_through = vectors + jax.lax.stop_gradient(quantized - vectors)
     commitment = jnp.mean(jnp.sum((vectors.astype(jnp.float32) - jax.lax.stop_gradient(quantized).astype(jnp.float32)) ** 2,
                                   axis=-1))
+    # --8<-- [end:quantize]
     return Quantized(straight_through, codes, commitment)
 
 
@@ -113,10 +116,12 @@ def ema_update(state: EmaCodebook, vectors: Array, codes: Array, decay: float = 
     one_hot = jax.nn.one_hot(codes.reshape(-1), num_codes, dtype=jnp.float32)  # [N, K]
     batch_counts = jnp.sum(one_hot, axis=0)
     batch_sums = jnp.einsum("nk,nd->kd", one_hot, z, precision=jax.lax.Precision.HIGHEST)
+    # --8<-- [start:ema]
     counts = decay * state.counts + (1.0 - decay) * batch_counts
     sums = decay * state.sums + (1.0 - decay) * batch_sums
     total = jnp.sum(counts)
     smoothed = (counts + epsilon) / (total + num_codes * epsilon) * total
+    # --8<-- [end:ema]
     return EmaCodebook(counts, sums, sums / smoothed[:, None])
 
 
