@@ -53,7 +53,9 @@ def dalle_config(data_dir, vq_workdir, **overrides):
     config.optimizer.warmup_steps = 1
     config.log_every = 1
     config.checkpoint_every = 1000
-    config.eval.update(batch_size=16, num_captions=4, samples_per_caption=2, guidance_sweep=(1.0, 2.0))
+    # The configured scale (3) lies outside the sweep: it is scored too, and is the headline.
+    config.eval.update(batch_size=16, num_captions=4, samples_per_caption=2, guidance_scale=3.0,
+                       guidance_sweep=(1.0, 2.0))
     config.eval.clip_judge.workdir = ""
     config.mesh = ml_collections.ConfigDict(dict(data=1))
     for key, value in overrides.items():
