@@ -3,7 +3,7 @@
     python train.py --config configs/vq_tiny.py --workdir runs/vq_tiny          # stage 1
     python train.py --config configs/dalle_tiny.py --workdir runs/dalle_tiny    # stage 2
     python eval.py --config configs/dalle_tiny.py --workdir runs/dalle_tiny \\
-        --config.eval.split=compositional_test
+        --config.eval.split=validation
     python -m mmjax.generate --checkpoint runs/dalle_tiny --config configs/dalle_tiny.py \\
         --prompt "a large red circle at the top left" --num 8
 
@@ -12,7 +12,8 @@ one at a time (`mmjax/models/text_to_image.py`); the frozen VQ-VAE decodes them.
 dropped (replaced by the null text) for 10% of the training examples, so sampling can use
 classifier-free guidance. The evaluation samples 8 pictures for each of 100 test captions and
 scores them with the scene parser and with a separately trained clip_tiny (`runs/clip_tiny`,
-`make train`), at the guidance scale below and across a sweep (README, "Text-to-image").
+`make train`), at the guidance scale below and across a sweep, on the test split and on
+`compositional_test` (README, "Text-to-image").
 """
 
 import jax

@@ -21,7 +21,9 @@ that never saw the prior:
     prompt (DALL-E's and CogView's R-precision, with the prompts of the other scenes as the
     distractors). Beside it the same judge on the real pictures: the score's ceiling.
 
-Both at the configured guidance scale and, for `eval.guidance_sweep`, at each scale of the sweep.
+Both at the configured guidance scale and, for `eval.guidance_sweep`, at each scale of the sweep;
+on the test split, `compositional_test` (scenes holding a colour-shape pair never trained on) is
+scored too, its keys prefixed "compositional_".
 """
 
 from __future__ import annotations
@@ -161,6 +163,16 @@ class TextToImageTask:
         return np.concatenate(chunks)
 
     def evaluate(self, params: Any, data: Any, config: Any, split: str, return_details: bool = False):
+        """`evaluate_split` on `split`, and on `compositional_test` too when `split` is "test" (its
+        keys prefixed "compositional_"; config.eval.with_compositional = False skips it)."""
+        results, details = self.evaluate_split(params, data, config, split)
+        if split == "test" and config.eval.get("with_compositional", True):
+            more, _ = self.evaluate_split(params, data, config, "compositional_test")
+            results.update({f"compositional_{name}": value for name, value in more.items()})
+        return (results, details) if return_details else results
+
+    def evaluate_split(self, params: Any, data: Any, config: Any, split: str) -> tuple[dict, dict]:
+        """(results, details) of one split: scene_match and CLIP R-precision per guidance scale."""
         ev = config.eval
         prompts = read_split_images(data.split(split), ev.num_captions)
         num, per = len(prompts["captions"]), ev.samples_per_caption
@@ -188,7 +200,7 @@ class TextToImageTask:
             results["clip_r_precision_real_images"] = judge.r_precision(prompts["images"], np.arange(num))
         results["guidance_scale"] = float(ev.guidance_scale)
         details.update(captions=prompts["captions"], scales=scales)
-        return (results, details) if return_details else results
+        return results, details
 
     def report(self, workdir: str, results: dict, details: dict, config: Any) -> None:
         split = config.eval.split
@@ -198,9 +210,12 @@ class TextToImageTask:
                                 details["matched"][:rows], os.path.join(workdir, f"samples_{split}.png"))
         table = []
         for scale in details["scales"]:
-            row = {"guidance scale": scale, "scene_match": results[f"scene_match_guidance_{scale:g}"]}
-            if f"clip_r_precision_guidance_{scale:g}" in results:
-                row["CLIP R-precision"] = results[f"clip_r_precision_guidance_{scale:g}"]
+            row = {"guidance scale": scale}
+            for prefix, label in (("", ""), ("compositional_", "compositional ")):
+                for name, column in (("scene_match", "scene_match"), ("clip_r_precision", "CLIP R-precision")):
+                    key = f"{prefix}{name}_guidance_{scale:g}"
+                    if key in results:
+                        row[label + column] = results[key]
             table.append(row)
         real = results.get("clip_r_precision_real_images")
         print(format_table(table, title=(

@@ -11,7 +11,8 @@ random encoder outputs (`update_moving_averages`; the formulas are in
 Evaluation (`evaluate`): over a split, the reconstruction MSE (on [-1, 1] pixels) and PSNR, the
 perplexity of the code histogram and the number of codes used, and the fraction of
 reconstructions that the scene parser reads back as the picture's own scene (`recon_scene_match`;
-beside it, the same parser on the originals, the ceiling).
+beside it, the same parser on the originals, the ceiling). On the test split, `compositional_test`
+is scored too, its keys prefixed "compositional_".
 
 Batch: {"images": uint8 [B, H, W, 3], "token_ids": int32 [B, text_len]} (the captions are unused
 here; the batch is the contrastive one, so the flips are the same).
@@ -113,6 +114,16 @@ class VQTask:
         return {**params, "tokenizer": {**tokenizer, "codebook": book}}, {"restarted_codes": restarted}
 
     def evaluate(self, params: Any, data: Any, config: Any, split: str, return_details: bool = False):
+        """`evaluate_split` on `split`, and on `compositional_test` too when `split` is "test" (its
+        keys prefixed "compositional_"; config.eval.with_compositional = False skips it)."""
+        results, details = self.evaluate_split(params, data, config, split)
+        if split == "test" and config.eval.get("with_compositional", True):
+            more, _ = self.evaluate_split(params, data, config, "compositional_test")
+            results.update({f"compositional_{name}": value for name, value in more.items()})
+        return (results, details) if return_details else results
+
+    def evaluate_split(self, params: Any, data: Any, config: Any, split: str) -> tuple[dict, dict]:
+        """(results, details) of one split: reconstruction error, code use, parse rate."""
         split_data = read_split_images(data.split(split), config.eval.get("max_images") or None)
         tokenizer = {"params": params["tokenizer"]}
 
@@ -138,7 +149,7 @@ class VQTask:
         details = {"originals": split_data["images"], "reconstructions": reconstructions,
                    "codes": codes, "matched": matched, "original_matched": original_matched,
                    "captions": split_data["captions"]}
-        return (results, details) if return_details else results
+        return results, details
 
     def report(self, workdir: str, results: dict, details: dict, config: Any) -> None:
         split = config.eval.split
@@ -153,9 +164,10 @@ class VQTask:
             os.path.join(workdir, f"reconstructions_{split}.png"),
         )
         grid = details["codes"].shape[1:]
-        print(format_table([{
-            "MSE": results["recon_mse"], "PSNR (dB)": results["recon_psnr"],
-            "code perplexity": results["code_perplexity"], "codes used": int(results["codes_used"]),
-            "scene parsed back": results["recon_scene_match"],
-        }], title=f"VQ-VAE on shapes/{split} ({int(results['num_images'])} images, "
-                  f"{grid[0]}x{grid[1]} codes of {self.model.num_codes})"))
+        rows = [{"split": name, "images": int(results[f"{prefix}num_images"]), "MSE": results[f"{prefix}recon_mse"],
+                 "PSNR (dB)": results[f"{prefix}recon_psnr"], "code perplexity": results[f"{prefix}code_perplexity"],
+                 "codes used": int(results[f"{prefix}codes_used"]),
+                 "scene parsed back": results[f"{prefix}recon_scene_match"]}
+                for prefix, name in (("", split), ("compositional_", "compositional_test"))
+                if f"{prefix}recon_mse" in results]
+        print(format_table(rows, title=f"VQ-VAE on shapes ({grid[0]}x{grid[1]} codes of {self.model.num_codes})"))

@@ -143,6 +143,9 @@ def test_vq_run_reports_reconstruction_codebook_use_and_parsed_scenes(vq_run):
     for name in ("recon_mse", "recon_psnr", "code_perplexity", "codes_used", "recon_scene_match"):
         assert name in saved and np.isfinite(saved[name])
     assert 1.0 <= saved["code_perplexity"] <= 32 and saved["original_scene_match"] == 1.0
+    # The test split's evaluation scores the held-out combinations too.
+    assert saved["compositional_original_scene_match"] == 1.0
+    assert 0.0 <= saved["compositional_recon_scene_match"] <= 1.0
     assert os.path.exists(os.path.join(workdir, "reconstructions_test.png"))
 
 
@@ -157,6 +160,8 @@ def test_prior_run_keeps_the_loaded_tokenizer_bit_identical_and_scores_its_sampl
     assert 0.0 <= saved["scene_match"] <= 1.0
     assert saved["scene_match"] == saved["scene_match_guidance_3"]
     assert {"scene_match_guidance_1", "scene_match_guidance_2"} <= set(saved)
+    assert {"compositional_scene_match", "compositional_scene_match_guidance_1",
+            "compositional_scene_match_guidance_3"} <= set(saved)
     assert os.path.exists(os.path.join(workdir, "samples_test.png"))
 
 
