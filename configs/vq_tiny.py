@@ -34,10 +34,12 @@ def get_config() -> ml_collections.ConfigDict:
         dead_code_threshold=1.0,
     ))
     config.batch_size = 64
-    # Sharpness comes late: at 1500 steps 0.30 of the test reconstructions parse back, at 5000 0.66.
+    # Sharpness comes late and needs a high learning rate: of the validation pictures, 0.62 of the
+    # reconstructions parse back after 5000 steps at a peak rate of 1e-3, 0.86 at 2e-3, 0.95 at
+    # 4e-3 and 0.87 at 8e-3 (0.30 of the test pictures after 1500 steps at 1e-3).
     config.num_steps = 5000
     config.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=100, weight_decay=0.0,
+        learning_rate=4e-3, end_learning_rate=1e-5, warmup_steps=100, weight_decay=0.0,
         b1=0.9, b2=0.99, eps=1e-8, grad_clip_norm=1.0, skip_nonfinite_steps=0, lr_mults=(),
     ))
     config.checkpoint_every = 500
