@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.nn import linear
 from mmjax.nn.attention import make_causal_mask
 from mmjax.nn.transformer import Encoder, gelu
 
@@ -55,6 +56,8 @@ class TextToImagePrior(nn.Module):
       num_codes: K, the image tokenizer's codebook size; image_len: N = h·w codes per picture.
       width, depth, num_heads, mlp_dim, activation, dropout_rate: the transformer.
       unroll: blocks per iteration of the scanned stack (True: all; see `Encoder`).
+      dtype: the compute dtype of the embeddings, the stack and the head (parameters stay
+        float32; the logits are float32 whatever it is, so the loss and sampling are too).
 
     Methods:
       __call__: (text_ids [b, T], codes [b, N]) -> logits float32 [b, N, K]; logits[:, j]
@@ -75,9 +78,10 @@ class TextToImagePrior(nn.Module):
     activation: Callable[[Array], Array] = gelu
     dropout_rate: float = 0.0
     unroll: int | bool = 1
+    dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        embed = lambda n, name: nn.Embed(n, self.width, embedding_init=nn.with_logical_partitioning(  # noqa: E731
+        embed = lambda n, name: nn.Embed(n, self.width, dtype=self.dtype, embedding_init=nn.with_logical_partitioning(  # noqa: E731
             nn.initializers.normal(0.02), ("vocab", "embed")), name=name)
         self.text_embed = embed(self.text_vocab_size, "text_embed")
         self.code_embed = embed(self.num_codes, "code_embed")
@@ -89,9 +93,9 @@ class TextToImagePrior(nn.Module):
         )
         self.stack = Encoder(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                              activation=self.activation, dropout_rate=self.dropout_rate,
-                             unroll=self.unroll, name="stack")
+                             unroll=self.unroll, dtype=self.dtype, name="stack")
         self.head = nn.Dense(
-            self.num_codes,
+            self.num_codes, dtype=self.dtype, dot_general=linear.dot_general,
             kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
             name="head",
@@ -107,20 +111,20 @@ class TextToImagePrior(nn.Module):
             raise ValueError(f"codes must be [batch, image_len={self.image_len}]; got shape {codes.shape}")
         x = jnp.concatenate([self.text_embed(text_ids), self.code_embed(codes[:, :-1])], axis=1)
         length = x.shape[1]  # T + N − 1
-        x = x + self.pos_embed[:length]
+        x = x + self.pos_embed[:length].astype(self.dtype)
         h = self.stack(x, make_causal_mask(length), deterministic)
         return self.head(h[:, self.text_len - 1:]).astype(jnp.float32)  # [b, N, K]
 
     def prefill(self, text_ids: Array) -> Array:
         """Reads the caption into the cache; the logits of the first code [b, K]. At init (with
         a [b, T + N] input, `init_cache`) this creates the cache instead."""
-        x = self.text_embed(text_ids) + self.pos_embed[: text_ids.shape[1]]
+        x = self.text_embed(text_ids) + self.pos_embed[: text_ids.shape[1]].astype(self.dtype)
         return self.head(self.stack(x, None, True, True)[:, -1]).astype(jnp.float32)
 
     def decode_code(self, codes: Array, position: Array) -> Array:
         """codes [b, 1] at sequence position `position` -> logits [b, K] of the next code."""
         position_vector = jax.lax.dynamic_slice_in_dim(self.pos_embed, position, 1, axis=0)
-        x = self.code_embed(codes) + position_vector
+        x = self.code_embed(codes) + position_vector.astype(self.dtype)
         return self.head(self.stack(x, None, True, True)[:, -1]).astype(jnp.float32)
 
 
@@ -204,5 +208,5 @@ def build_prior(config: Any, text_len: int, num_codes: int, image_len: int) -> T
         text_vocab_size=config.vocab_size, text_len=text_len, num_codes=num_codes, image_len=image_len,
         width=config.width, depth=config.depth, num_heads=config.num_heads, mlp_dim=config.mlp_dim,
         activation=config.get("activation", gelu), dropout_rate=config.get("dropout_rate", 0.0),
-        unroll=config.get("unroll", 1),
+        unroll=config.get("unroll", 1), dtype=config.get("dtype", jnp.float32),
     )

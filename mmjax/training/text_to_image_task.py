@@ -23,7 +23,8 @@ that never saw the prior:
 
 Both at the configured guidance scale and, for `eval.guidance_sweep`, at each scale of the sweep;
 on the test split, `compositional_test` (scenes holding a colour-shape pair never trained on) is
-scored too, its keys prefixed "compositional_".
+scored too, its keys prefixed "compositional_" (at the configured scale only when
+`eval.sweep_compositional` is False; `eval.py --config.eval.split=compositional_test` sweeps it).
 """
 
 from __future__ import annotations
@@ -164,15 +165,19 @@ class TextToImageTask:
 
     def evaluate(self, params: Any, data: Any, config: Any, split: str, return_details: bool = False):
         """`evaluate_split` on `split`, and on `compositional_test` too when `split` is "test" (its
-        keys prefixed "compositional_"; config.eval.with_compositional = False skips it)."""
+        keys prefixed "compositional_"; config.eval.with_compositional = False skips it, and
+        config.eval.sweep_compositional = False scores it at the configured scale only)."""
         results, details = self.evaluate_split(params, data, config, split)
         if split == "test" and config.eval.get("with_compositional", True):
-            more, _ = self.evaluate_split(params, data, config, "compositional_test")
+            sweep = config.eval.get("sweep_compositional", True)
+            more, _ = self.evaluate_split(params, data, config, "compositional_test", sweep)
             results.update({f"compositional_{name}": value for name, value in more.items()})
         return (results, details) if return_details else results
 
-    def evaluate_split(self, params: Any, data: Any, config: Any, split: str) -> tuple[dict, dict]:
-        """(results, details) of one split: scene_match and CLIP R-precision per guidance scale."""
+    def evaluate_split(self, params: Any, data: Any, config: Any, split: str,
+                       sweep: bool = True) -> tuple[dict, dict]:
+        """(results, details) of one split: scene_match and CLIP R-precision at the configured
+        guidance scale and, with `sweep`, at each scale of config.eval.guidance_sweep."""
         ev = config.eval
         prompts = read_split_images(data.split(split), ev.num_captions)
         num, per = len(prompts["captions"]), ev.samples_per_caption
@@ -184,7 +189,8 @@ class TextToImageTask:
 
         results: dict[str, float] = {"num_captions": float(num), "samples_per_caption": float(per)}
         details: dict[str, Any] = {}
-        scales = sorted({float(ev.guidance_scale), *map(float, ev.get("guidance_sweep", ()))})
+        swept = map(float, ev.get("guidance_sweep", ())) if sweep else ()
+        scales = sorted({float(ev.guidance_scale), *swept})
         for scale in scales:
             images = self.generate(params, repeated, rng, config, scale, ev.batch_size)
             matched = scene_match(images, keys)
