@@ -33,7 +33,7 @@ share every step.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -48,8 +48,25 @@ Array = jax.Array
 NULL_TEXT_ID = 0  # the pad id: the null caption of classifier-free guidance is T of them
 
 
-class TextToImagePrior(nn.Module):
-    """[text ids; codes] -> logits over the K codes (see the module docstring).
+def token_embedding(num_ids: int, width: int, dtype: jnp.dtype, name: str) -> nn.Embed:
+    """A table of `num_ids` learned [width] vectors (normal, σ = 0.02), looked up in `dtype`."""
+    return nn.Embed(num_ids, width, dtype=dtype, embedding_init=nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("vocab", "embed")), name=name)
+
+
+def code_head(num_codes: int, dtype: jnp.dtype) -> nn.Dense:
+    """The output layer [..., width] -> [..., K]: one logit per code (products accumulated in
+    float32 under a bfloat16 `dtype`, see `mmjax.nn.linear`)."""
+    return nn.Dense(
+        num_codes, dtype=dtype, dot_general=linear.dot_general,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+        name="head",
+    )
+
+
+class CodePrior(nn.Module):
+    """What both priors over [text; codes] share: their fields and layers.
 
     Attributes:
       text_vocab_size: the caption tokenizer's size; text_len: T, the padded caption length.
@@ -59,12 +76,8 @@ class TextToImagePrior(nn.Module):
       dtype: the compute dtype of the embeddings, the stack and the head (parameters stay
         float32; the logits are float32 whatever it is, so the loss and sampling are too).
 
-    Methods:
-      __call__: (text_ids [b, T], codes [b, N]) -> logits float32 [b, N, K]; logits[:, j]
-        predict codes[:, j] from the text and codes[:, :j] (teacher forcing; one causal pass).
-      prefill: text_ids [b, T] -> logits [b, K] of the first code, filling the cache (decode).
-      decode_code: (codes [b, 1], position) -> logits [b, K] of the code after it (decode), the
-        given code sitting at sequence position `position` (T + its index).
+    Layers: `text_embed` and `code_embed` (K + `extra_code_ids` ids), one learned `pos_embed`
+    over the T + N slots, the `stack` of blocks and the `head` scoring the K codes.
     """
 
     text_vocab_size: int
@@ -79,12 +92,12 @@ class TextToImagePrior(nn.Module):
     dropout_rate: float = 0.0
     unroll: int | bool = 1
     dtype: jnp.dtype = jnp.float32
+    # Code ids past the K codes that the input may hold (MaskGIT's [MASK] is one).
+    extra_code_ids: ClassVar[int] = 0
 
     def setup(self):
-        embed = lambda n, name: nn.Embed(n, self.width, dtype=self.dtype, embedding_init=nn.with_logical_partitioning(  # noqa: E731
-            nn.initializers.normal(0.02), ("vocab", "embed")), name=name)
-        self.text_embed = embed(self.text_vocab_size, "text_embed")
-        self.code_embed = embed(self.num_codes, "code_embed")
+        self.text_embed = token_embedding(self.text_vocab_size, self.width, self.dtype, "text_embed")
+        self.code_embed = token_embedding(self.num_codes + self.extra_code_ids, self.width, self.dtype, "code_embed")
         # One position per slot of [text; codes]; the cache holds T + N (the last code is fed too,
         # so every sampling step has the same shape).
         self.pos_embed = self.param(
@@ -94,25 +107,39 @@ class TextToImagePrior(nn.Module):
         self.stack = Encoder(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                              activation=self.activation, dropout_rate=self.dropout_rate,
                              unroll=self.unroll, dtype=self.dtype, name="stack")
-        self.head = nn.Dense(
-            self.num_codes, dtype=self.dtype, dot_general=linear.dot_general,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-            name="head",
-        )
+        self.head = code_head(self.num_codes, self.dtype)
+
+    def embed_sequence(self, text_ids: Array, codes: Array) -> Array:
+        """[text ids; code ids] -> [b, T + n, width] with the positions 0 .. T + n − 1 added."""
+        x = jnp.concatenate([self.text_embed(text_ids), self.code_embed(codes)], axis=1)
+        return x + self.pos_embed[: x.shape[1]].astype(self.dtype)
 
     def _check_text(self, text_ids: Array) -> None:
         if text_ids.ndim != 2 or text_ids.shape[1] != self.text_len:
             raise ValueError(f"text_ids must be [batch, text_len={self.text_len}]; got shape {text_ids.shape}")
 
-    def __call__(self, text_ids: Array, codes: Array, deterministic: bool = True) -> Array:
-        self._check_text(text_ids)
+    def _check_codes(self, codes: Array) -> None:
         if codes.ndim != 2 or codes.shape[1] != self.image_len:
             raise ValueError(f"codes must be [batch, image_len={self.image_len}]; got shape {codes.shape}")
-        x = jnp.concatenate([self.text_embed(text_ids), self.code_embed(codes[:, :-1])], axis=1)
-        length = x.shape[1]  # T + N − 1
-        x = x + self.pos_embed[:length].astype(self.dtype)
-        h = self.stack(x, make_causal_mask(length), deterministic)
+
+
+class TextToImagePrior(CodePrior):
+    """[text ids; codes] -> logits over the K codes, causally (see the module docstring; the
+    fields are `CodePrior`'s).
+
+    Methods:
+      __call__: (text_ids [b, T], codes [b, N]) -> logits float32 [b, N, K]; logits[:, j]
+        predict codes[:, j] from the text and codes[:, :j] (teacher forcing; one causal pass).
+      prefill: text_ids [b, T] -> logits [b, K] of the first code, filling the cache (decode).
+      decode_code: (codes [b, 1], position) -> logits [b, K] of the code after it (decode), the
+        given code sitting at sequence position `position` (T + its index).
+    """
+
+    def __call__(self, text_ids: Array, codes: Array, deterministic: bool = True) -> Array:
+        self._check_text(text_ids)
+        self._check_codes(codes)
+        x = self.embed_sequence(text_ids, codes[:, :-1])  # T + N − 1 tokens
+        h = self.stack(x, make_causal_mask(x.shape[1]), deterministic)
         return self.head(h[:, self.text_len - 1:]).astype(jnp.float32)  # [b, N, K]
 
     def prefill(self, text_ids: Array) -> Array:
@@ -202,9 +229,11 @@ def sample(prior: TextToImagePrior, params: Any, text_ids: Array, rng: Array, *,
     return Samples(codes.T, jnp.swapaxes(seen, 0, 1))
 
 
-def build_prior(config: Any, text_len: int, num_codes: int, image_len: int) -> TextToImagePrior:
-    """The prior of config.model.prior (vocab_size, width, depth, num_heads, mlp_dim, ...)."""
-    return TextToImagePrior(
+def build_prior(config: Any, text_len: int, num_codes: int, image_len: int,
+                module: Callable[..., nn.Module] | None = None) -> nn.Module:
+    """The prior of config.model.prior (vocab_size, width, depth, num_heads, mlp_dim, ...):
+    a `TextToImagePrior`, or the class `module` given (MaskGIT's takes the same fields)."""
+    return (module or TextToImagePrior)(
         text_vocab_size=config.vocab_size, text_len=text_len, num_codes=num_codes, image_len=image_len,
         width=config.width, depth=config.depth, num_heads=config.num_heads, mlp_dim=config.mlp_dim,
         activation=config.get("activation", gelu), dropout_rate=config.get("dropout_rate", 0.0),

@@ -41,6 +41,7 @@ from mmjax.data.pipeline import ContrastivePreprocess
 from mmjax.evaluation.batching import batched_apply
 from mmjax.evaluation.report import format_table, plot_text_to_image_grid, results_filename, write_results
 from mmjax.evaluation.scene_parser import scene_match
+from mmjax.models.maskgit import MaskedTextToImagePrior, masked_code_loss, random_mask, sample_parallel
 from mmjax.models.text_to_image import NULL_TEXT_ID, TextToImagePrior, build_prior, sample
 from mmjax.models.vq import VQVAE, build_vqvae, code_grid_side, to_uint8
 from mmjax.training.tasks import ContrastiveTask, check_vocabulary_sizes, normalize_images
@@ -124,13 +125,18 @@ class TextToImageTask:
         grid = codes.reshape(codes.shape[0], side, side)
         return to_uint8(self.tokenizer.apply({"params": params["tokenizer"]}, grid, method=VQVAE.decode_codes))
 
+    def drop_text(self, text: Array, rng: Array, train: bool) -> Array:
+        """text [b, T] with each caption replaced by the null text with probability p when training
+        (classifier-free guidance)."""
+        if not train or self.text_dropout <= 0:
+            return text
+        dropped = jax.random.bernoulli(rng, self.text_dropout, (text.shape[0], 1))
+        return jnp.where(dropped, NULL_TEXT_ID, text)
+
     def loss(self, params: Any, batch: dict[str, Array], rng: Array, train: bool = True):
         codes = jax.lax.stop_gradient(self.image_codes(params, batch["images"]))
         drop_rng, dropout_rng = jax.random.split(rng)
-        text = batch["token_ids"]
-        if train and self.text_dropout > 0:
-            dropped = jax.random.bernoulli(drop_rng, self.text_dropout, (text.shape[0], 1))
-            text = jnp.where(dropped, NULL_TEXT_ID, text)
+        text = self.drop_text(batch["token_ids"], drop_rng, train)
         logits = self.prior.apply({"params": params["prior"]}, text, codes, not train, rngs={"dropout": dropout_rng})
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(log_probs, codes[..., None], axis=-1)[..., 0]
@@ -142,11 +148,16 @@ class TextToImageTask:
         """A jitted (params, text_ids [b, T], rng, guidance_scale) -> uint8 pictures [b, H, W, 3]."""
 
         def run(params, text_ids, rng, scale):
-            samples = sample(self.prior, params["prior"], text_ids, rng, temperature=temperature, top_k=top_k,
-                             guidance_scale=scale if guided else None)
-            return self.decode_images(params, samples.codes)
+            codes = self.sample_codes(params["prior"], text_ids, rng, temperature, top_k, scale if guided else None)
+            return self.decode_images(params, codes)
 
         return jax.jit(run)
+
+    def sample_codes(self, prior_params: Any, text_ids: Array, rng: Array, temperature: float, top_k: int,
+                     scale: Array | None) -> Array:
+        """codes int32 [b, N] for text_ids [b, T]: one at a time with the key/value cache."""
+        return sample(self.prior, prior_params, text_ids, rng, temperature=temperature, top_k=top_k,
+                      guidance_scale=scale).codes
 
     def generate(self, params: Any, token_ids: np.ndarray, rng: Array, config: Any,
                  guidance_scale: float | None = None, batch_size: int = 256) -> np.ndarray:
@@ -229,6 +240,45 @@ class TextToImageTask:
             f"{int(results['samples_per_caption'])} samples (temperature {config.eval.temperature}, top-k "
             f"{config.eval.top_k})" + (f"; CLIP R-precision of the real pictures {real:.3f}" if real is not None else ""))))
 
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedTextToImageTask(TextToImageTask):
+    """MaskGIT's prior over the same frozen tokenizer (`mmjax.models.maskgit`): trained to fill in
+    a random cosine-scheduled share of masked codes, sampled in `num_decode_steps` parallel rounds.
+    Data, guidance, evaluation and report are the autoregressive task's."""
+
+    num_decode_steps: int = 8
+    choice_temperature: float = 4.5
+
+    @classmethod
+    def from_config(cls, config: Any) -> "MaskedTextToImageTask":
+        base = TextToImageTask.from_config(config)
+        prior = build_prior(config.model.prior, base.prior.text_len, base.prior.num_codes, base.prior.image_len,
+                            module=MaskedTextToImagePrior)
+        steps = config.eval.get("num_decode_steps", 8)
+        if not 1 <= steps <= prior.image_len:
+            raise ValueError(f"config.eval.num_decode_steps must be in 1..{prior.image_len} (the codes per "
+                             f"picture); got {steps}")
+        return cls(base.tokenizer, prior, base.text_dropout, num_decode_steps=steps,
+                   choice_temperature=config.eval.get("choice_temperature", 4.5))
+
+    def loss(self, params: Any, batch: dict[str, Array], rng: Array, train: bool = True):
+        codes = jax.lax.stop_gradient(self.image_codes(params, batch["images"]))
+        drop_rng, mask_rng, dropout_rng = jax.random.split(rng, 3)
+        text = self.drop_text(batch["token_ids"], drop_rng, train)
+        mask = random_mask(mask_rng, *codes.shape)
+        inputs = jnp.where(mask, self.prior.mask_id, codes)
+        logits = self.prior.apply({"params": params["prior"]}, text, inputs, not train, rngs={"dropout": dropout_rng})
+        loss, accuracy = masked_code_loss(logits, codes, mask)
+        return loss, {"code_accuracy": accuracy, "code_perplexity": jnp.exp(loss)}
+
+    def sample_codes(self, prior_params: Any, text_ids: Array, rng: Array, temperature: float, top_k: int,
+                     scale: Array | None) -> Array:
+        """codes int32 [b, N] for text_ids [b, T]: all at once, in `num_decode_steps` rounds."""
+        return sample_parallel(self.prior, prior_params, text_ids, rng, num_steps=self.num_decode_steps,
+                               temperature=temperature, top_k=top_k, choice_temperature=self.choice_temperature,
+                               guidance_scale=scale).codes
 
 @dataclasses.dataclass
 class _ClipJudge:

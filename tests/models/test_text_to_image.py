@@ -15,28 +15,17 @@ PRIOR = TextToImagePrior(text_vocab_size=17, text_len=6, num_codes=11, image_len
 
 
 @pytest.fixture(scope="module")
-def prior_params():
-    rng = np.random.default_rng(0)
-    text = jnp.asarray(rng.integers(1, 17, (3, 6)), jnp.int32)
-    codes = jnp.asarray(rng.integers(0, 11, (3, 5)), jnp.int32)
-    params = PRIOR.init(jax.random.key(1), text, codes)["params"]
-    # Random (not initial) weights everywhere, so no path is trivially zero.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(2), len(leaves))
-    params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-    return params, text
+def prior_params(random_prior_params):
+    return random_prior_params(PRIOR)
 
 
-def test_teacher_forced_logits_are_causal(prior_params):
+def test_teacher_forced_logits_are_causal(prior_params, changed_code_logits):
     params, text = prior_params
     rng = np.random.default_rng(3)
     codes = rng.integers(0, 11, (3, 5))
-    logits = PRIOR.apply({"params": params}, text, jnp.asarray(codes))
+    logits, changed = changed_code_logits(PRIOR, params, text, codes, 11, rng)
     assert logits.shape == (3, 5, 11) and logits.dtype == jnp.float32
-    for j in range(5):
-        changed = codes.copy()
-        changed[:, j] = (changed[:, j] + 1 + rng.integers(0, 9, 3)) % 11
-        other = PRIOR.apply({"params": params}, text, jnp.asarray(changed))
+    for j, other in enumerate(changed):
         # logits[:, i] predict code i from codes < i: code j moves only the predictions after it
         np.testing.assert_allclose(other[:, : j + 1], logits[:, : j + 1], rtol=1e-5, atol=1e-5)
         if j < 4:
@@ -113,30 +102,18 @@ def test_top_k_keeps_the_k_largest_logits_and_top_1_is_greedy(prior_params):
     np.testing.assert_array_equal(top1, greedy)
 
 
-def test_a_tiny_prior_learns_to_draw_the_codes_its_text_names():
+def test_a_tiny_prior_learns_to_draw_the_codes_its_text_names(text_named_codes, fit_adam):
     """Codes are a function of the text (code j = (t_1 + j·t_2) mod K): after training, greedy
     sampling writes them for texts it has seen, from the text alone."""
     prior = TextToImagePrior(text_vocab_size=8, text_len=3, num_codes=7, image_len=4, width=32, depth=2,
                              num_heads=2, mlp_dim=64)
-    rng = np.random.default_rng(11)
-    text = np.concatenate([rng.integers(1, 8, (64, 2)), np.full((64, 1), 2)], axis=1).astype(np.int32)
-    codes = ((text[:, :1] + np.arange(4)[None] * text[:, 1:2]) % 7).astype(np.int32)
-    params = prior.init(jax.random.key(0), text, codes)["params"]
-    optimizer = optax.adam(3e-3)
-    state = optimizer.init(params)
+    text, codes = text_named_codes
 
-    @jax.jit
-    def step(params, state):
-        def loss(p):
-            logits = prior.apply({"params": p}, text, codes)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean()
+    def loss(params, key):
+        logits = prior.apply({"params": params}, text, codes)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean()
 
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, state = optimizer.update(grads, state)
-        return optax.apply_updates(params, updates), state, value
-
-    for _ in range(300):
-        params, state, value = step(params, state)
+    params, value = fit_adam(loss, prior.init(jax.random.key(0), text, codes)["params"], 300)
     drawn = sample(prior, params, jnp.asarray(text), jax.random.key(1), temperature=0.0).codes
-    assert float(value) < 0.05
+    assert value < 0.05
     assert np.mean(np.all(np.asarray(drawn) == codes, axis=1)) > 0.95
