@@ -21,7 +21,7 @@ RUN = LD_PRELOAD="$$($(PY) -m mmjax.training.allocator)" $(PY)
 
 FUSION_CONFIGS := late_fusion_vqa_tiny early_fusion_vqa_tiny albef_tiny coca_tiny
 
-.PHONY: install train eval data digits detection fusion media dalle bench docs docs-check test test-slow test-all clean
+.PHONY: install train eval data digits detection fusion media dalle maskgit bench docs docs-check test test-slow test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ dalle: install
 	test -n "$$(ls runs/clip_tiny/checkpoints 2>/dev/null)" || $(RUN) train.py --config configs/clip_tiny.py --workdir runs/clip_tiny
 	$(RUN) train.py --config configs/vq_tiny.py --workdir runs/vq_tiny $(ARGS)
 	$(RUN) train.py --config configs/dalle_tiny.py --workdir runs/dalle_tiny $(ARGS)
+
+# MaskGIT's parallel sampler over the same tokenizer (after `make dalle`; runs/maskgit_tiny).
+maskgit: install
+	test -n "$$(ls runs/vq_tiny/checkpoints 2>/dev/null)" || $(MAKE) dalle
+	$(RUN) train.py --config configs/maskgit_tiny.py --workdir runs/maskgit_tiny $(ARGS)
 
 # Every benchmark (about 25 minutes on 2 CPU cores): rewrites BENCHMARKS.md's tables and
 # docs/bench/*.png; `make bench ARGS="--only step peer"` runs some suites only.

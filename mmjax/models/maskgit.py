@@ -110,8 +110,9 @@ def sample_parallel(prior: MaskedTextToImagePrior, params: Any, text_ids: Array,
 
     guidance_scale: None samples the conditional model alone; a number s runs each round on
     [captions; null captions] and draws from `guided_logits`, softmax(top_k(ℓ) / temperature) as
-    `draw` does (temperature 0: each position's argmax). The same rng gives the same codes. Returns `Samples`: the codes [b, N] and the
-    conditional logits [b, N, K] of the round in which each code was fixed.
+    `draw` does (temperature 0: each position's argmax). The same rng gives the same codes.
+    Returns `Samples`: the codes [b, N] and the conditional logits [b, N, K] of the round in which
+    each code was fixed.
     """
     if num_steps < 1 or num_steps > prior.image_len:
         raise ValueError(f"num_steps must be in 1..{prior.image_len} (one code a round at least); got {num_steps}")

@@ -153,6 +153,9 @@ class TextToImageTask:
 
         return jax.jit(run)
 
+    def sampler_name(self) -> str:
+        return f"autoregressive, {self.prior.image_len} cached steps"
+
     def sample_codes(self, prior_params: Any, text_ids: Array, rng: Array, temperature: float, top_k: int,
                      scale: Array | None) -> Array:
         """codes int32 [b, N] for text_ids [b, T]: one at a time with the key/value cache."""
@@ -235,10 +238,12 @@ class TextToImageTask:
                         row[label + column] = results[key]
             table.append(row)
         real = results.get("clip_r_precision_real_images")
-        print(format_table(table, title=(
-            f"Text-to-image on shapes/{split}: {int(results['num_captions'])} captions x "
-            f"{int(results['samples_per_caption'])} samples (temperature {config.eval.temperature}, top-k "
-            f"{config.eval.top_k})" + (f"; CLIP R-precision of the real pictures {real:.3f}" if real is not None else ""))))
+        title = (f"Text-to-image on shapes/{split}: {int(results['num_captions'])} captions x "
+                 f"{int(results['samples_per_caption'])} samples ({self.sampler_name()}, temperature "
+                 f"{config.eval.temperature}, top-k {config.eval.top_k})")
+        if real is not None:
+            title += f"; CLIP R-precision of the real pictures {real:.3f}"
+        print(format_table(table, title=title))
 
 
 
@@ -272,6 +277,9 @@ class MaskedTextToImageTask(TextToImageTask):
         logits = self.prior.apply({"params": params["prior"]}, text, inputs, not train, rngs={"dropout": dropout_rng})
         loss, accuracy = masked_code_loss(logits, codes, mask)
         return loss, {"code_accuracy": accuracy, "code_perplexity": jnp.exp(loss)}
+
+    def sampler_name(self) -> str:
+        return f"MaskGIT, {self.num_decode_steps} rounds"
 
     def sample_codes(self, prior_params: Any, text_ids: Array, rng: Array, temperature: float, top_k: int,
                      scale: Array | None) -> Array:

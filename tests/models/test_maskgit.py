@@ -24,7 +24,8 @@ def prior_params(random_prior_params):
 
 
 def test_the_schedule_keeps_more_codes_each_round_and_all_after_the_last():
-    assert float(cosine_schedule(0.0)) == pytest.approx(1.0) and float(cosine_schedule(1.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(cosine_schedule(0.0)) == pytest.approx(1.0)
+    assert float(cosine_schedule(1.0)) == pytest.approx(0.0, abs=1e-6)
     # n_s = N − ⌊cos(π s / 2S) · N⌋, from float64
     expected = [36 - math.floor(math.cos(math.pi * s / 16) * 36) for s in range(1, 9)]
     assert kept_counts(36, 8) == expected == [1, 3, 7, 11, 16, 23, 29, 36]
