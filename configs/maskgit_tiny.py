@@ -9,7 +9,9 @@ The same tokenizer, data, transformer size, optimizer, guidance and evaluation a
 `configs/dalle_tiny.py`; the prior is bidirectional (`mmjax/models/maskgit.py`): each training
 picture has a cosine-scheduled share of its 36 codes masked and the loss scores those, and
 sampling fills all 36 in `eval.num_decode_steps` rounds instead of 36 cached steps (Chang et al.
-2022). docs/text_to_image.md compares the two samplers' speed and scores.
+2022). docs/text_to_image.md compares the two samplers' speed and scores: in dalle_tiny's
+1400 steps this prior has not yet learned colours and shapes (validation scene_match 0.001), and
+on a CPU each round costs about a sixth of the whole autoregressive sampling.
 """
 
 import ml_collections
