@@ -3,7 +3,7 @@
     python train.py --config configs/vq_tiny.py --workdir runs/vq_tiny          # stage 1
     python train.py --config configs/dalle_tiny.py --workdir runs/dalle_tiny    # stage 2
     python eval.py --config configs/dalle_tiny.py --workdir runs/dalle_tiny \\
-        --config.eval.split=validation
+        --config.eval.split=compositional_test        # its whole guidance sweep
     python -m mmjax.generate --checkpoint runs/dalle_tiny --config configs/dalle_tiny.py \\
         --prompt "a large red circle at the top left" --num 8
 

@@ -6,7 +6,7 @@ by filling them in over a few rounds, keeping the most confident guesses of each
 
 Training. For each picture draw u ~ U(0, 1), mask m = ⌈γ(u) · N⌉ of its codes at random
 (at least one), γ(r) = cos(π r / 2) the cosine schedule, replace them with the [MASK] id K, and
-score the masked positions only:
+score the masked positions only (`mmjax.losses.masked_softmax_cross_entropy`, weights = the mask):
 
     L = −(1/|M|) Σ_{j ∈ M} log p_θ(c_j | t, c_{∖M})          h = Transformer(embed([t; c̃]))
 
@@ -67,28 +67,21 @@ class MaskedTextToImagePrior(CodePrior):
         return self.head(h[:, self.text_len:]).astype(jnp.float32)  # [b, N, K]
 
 
+def keep_highest(scores: Array, count: Array) -> Array:
+    """bool [b, L]: True at the `count` highest scores of each row (count [b, 1] or a scalar)."""
+    rank = jnp.argsort(jnp.argsort(-scores, axis=-1), axis=-1)  # 0 at each row's highest score
+    return rank < count
+
+
 # --8<-- [start:random_mask]
 def random_mask(rng: Array, batch: int, length: int) -> Array:
     """bool [batch, length]: True where a code is masked, ⌈γ(u) · N⌉ ≥ 1 of each row's N at
     random positions, u ~ U(0, 1) per row (γ: `cosine_schedule`)."""
     ratio_rng, order_rng = jax.random.split(rng)
     count = jnp.ceil(cosine_schedule(jax.random.uniform(ratio_rng, (batch, 1))) * length)
-    count = jnp.clip(count, 1, length)
-    # A row's positions ranked in a random order; the first `count` of them are masked.
-    rank = jnp.argsort(jnp.argsort(jax.random.uniform(order_rng, (batch, length)), axis=-1), axis=-1)
-    return rank < count
+    # The positions of the `count` highest of N uniform draws: a uniformly random subset.
+    return keep_highest(jax.random.uniform(order_rng, (batch, length)), jnp.clip(count, 1, length))
 # --8<-- [end:random_mask]
-
-
-def masked_code_loss(logits: Array, codes: Array, mask: Array) -> tuple[Array, Array]:
-    """(mean cross-entropy over the masked positions, accuracy there). logits [b, N, K] float32,
-    codes int [b, N] (the true ones), mask bool [b, N]."""
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, codes[..., None], axis=-1)[..., 0]
-    weight = mask.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(weight), 1.0)
-    correct = (jnp.argmax(logits, -1) == codes).astype(jnp.float32)
-    return jnp.sum(nll * weight) / count, jnp.sum(correct * weight) / count
 
 
 def kept_counts(length: int, num_steps: int) -> list[int]:
@@ -137,9 +130,7 @@ def sample_parallel(prior: MaskedTextToImagePrior, params: Any, text_ids: Array,
         confidence = confidence + tau * jax.random.gumbel(noise_key, confidence.shape)
         masked = codes == prior.mask_id
         confidence = jnp.where(masked, confidence, jnp.inf)  # known codes stay
-        # Keep the `kept` most confident positions: rank 0 is the most confident.
-        rank = jnp.argsort(jnp.argsort(-confidence, axis=-1), axis=-1)
-        keep = rank < kept
+        keep = keep_highest(confidence, kept)
         new = masked & keep
         codes = jnp.where(new, drawn, jnp.where(keep, codes, prior.mask_id))
         seen = jnp.where(new[..., None], conditional, seen)

@@ -41,7 +41,8 @@ from mmjax.data.pipeline import ContrastivePreprocess
 from mmjax.evaluation.batching import batched_apply
 from mmjax.evaluation.report import format_table, plot_text_to_image_grid, results_filename, write_results
 from mmjax.evaluation.scene_parser import scene_match
-from mmjax.models.maskgit import MaskedTextToImagePrior, masked_code_loss, random_mask, sample_parallel
+from mmjax.losses import masked_softmax_cross_entropy
+from mmjax.models.maskgit import MaskedTextToImagePrior, random_mask, sample_parallel
 from mmjax.models.text_to_image import NULL_TEXT_ID, TextToImagePrior, build_prior, sample
 from mmjax.models.vq import VQVAE, build_vqvae, code_grid_side, to_uint8
 from mmjax.training.tasks import ContrastiveTask, check_vocabulary_sizes, normalize_images
@@ -67,6 +68,13 @@ def encode_prompts(prompts: list[str], tokenizer: Any, text_len: int) -> np.ndar
                              f"config.data.text_len = {text_len}: shorten it")
     return tokenizer.encode_batch(prompts, text_len)
 
+
+def code_loss(logits: Array, codes: Array, targets: Array) -> tuple[Array, dict[str, Array]]:
+    """(mean −log p(c_j) over the target positions, metrics): logits [b, N, K], codes int [b, N],
+    targets [b, N] (1 where a code is scored). Metrics: code_accuracy and code_perplexity, exp of
+    the loss."""
+    loss, metrics = masked_softmax_cross_entropy(logits, codes, targets)
+    return loss, {"code_accuracy": metrics["accuracy"], "code_perplexity": jnp.exp(loss)}
 
 @dataclasses.dataclass(frozen=True)
 class TextToImageTask:
@@ -138,11 +146,7 @@ class TextToImageTask:
         drop_rng, dropout_rng = jax.random.split(rng)
         text = self.drop_text(batch["token_ids"], drop_rng, train)
         logits = self.prior.apply({"params": params["prior"]}, text, codes, not train, rngs={"dropout": dropout_rng})
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        nll = -jnp.take_along_axis(log_probs, codes[..., None], axis=-1)[..., 0]
-        loss = jnp.mean(nll)
-        return loss, {"code_accuracy": jnp.mean(jnp.argmax(logits, -1) == codes),
-                      "code_perplexity": jnp.exp(loss)}
+        return code_loss(logits, codes, jnp.ones(codes.shape, jnp.float32))  # every code is a target
 
     def sampler(self, temperature: float, top_k: int, guided: bool) -> Callable:
         """A jitted (params, text_ids [b, T], rng, guidance_scale) -> uint8 pictures [b, H, W, 3]."""
@@ -246,7 +250,6 @@ class TextToImageTask:
         print(format_table(table, title=title))
 
 
-
 @dataclasses.dataclass(frozen=True)
 class MaskedTextToImageTask(TextToImageTask):
     """MaskGIT's prior over the same frozen tokenizer (`mmjax.models.maskgit`): trained to fill in
@@ -275,8 +278,7 @@ class MaskedTextToImageTask(TextToImageTask):
         mask = random_mask(mask_rng, *codes.shape)
         inputs = jnp.where(mask, self.prior.mask_id, codes)
         logits = self.prior.apply({"params": params["prior"]}, text, inputs, not train, rngs={"dropout": dropout_rng})
-        loss, accuracy = masked_code_loss(logits, codes, mask)
-        return loss, {"code_accuracy": accuracy, "code_perplexity": jnp.exp(loss)}
+        return code_loss(logits, codes, mask)  # the masked codes are the targets
 
     def sampler_name(self) -> str:
         return f"MaskGIT, {self.num_decode_steps} rounds"
@@ -287,6 +289,7 @@ class MaskedTextToImageTask(TextToImageTask):
         return sample_parallel(self.prior, prior_params, text_ids, rng, num_steps=self.num_decode_steps,
                                temperature=temperature, top_k=top_k, choice_temperature=self.choice_temperature,
                                guidance_scale=scale).codes
+
 
 @dataclasses.dataclass
 class _ClipJudge:

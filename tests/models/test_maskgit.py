@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from mmjax.models.maskgit import (
-    MaskedTextToImagePrior, cosine_schedule, kept_counts, masked_code_loss, random_mask, sample_parallel,
+    MaskedTextToImagePrior, cosine_schedule, kept_counts, random_mask, sample_parallel,
 )
+from mmjax.losses import masked_softmax_cross_entropy
 from mmjax.models.text_to_image import NULL_TEXT_ID
+from mmjax.training.text_to_image_task import code_loss
 
 PRIOR = MaskedTextToImagePrior(text_vocab_size=17, text_len=6, num_codes=11, image_len=5, width=32, depth=2,
                                num_heads=4, mlp_dim=64)
@@ -59,7 +61,7 @@ def test_every_code_sees_every_other_and_the_text(prior_params, changed_code_log
     assert np.abs(np.asarray(PRIOR.apply({"params": params}, other_text, jnp.asarray(codes)) - logits)).min() > 0
 
 
-def test_the_loss_is_the_cross_entropy_of_the_masked_codes_only():
+def test_the_code_loss_is_the_cross_entropy_of_the_target_codes_only():
     rng = np.random.default_rng(5)
     logits = rng.normal(size=(4, 6, 9))
     codes = rng.integers(0, 9, (4, 6))
@@ -67,9 +69,10 @@ def test_the_loss_is_the_cross_entropy_of_the_masked_codes_only():
     mask[0, 0] = True
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, codes[..., None], -1)[..., 0]
-    loss, accuracy = masked_code_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(codes), jnp.asarray(mask))
+    loss, metrics = code_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(codes), jnp.asarray(mask))
     np.testing.assert_allclose(float(loss), nll[mask].mean(), rtol=1e-5)
-    np.testing.assert_allclose(float(accuracy), (logits.argmax(-1) == codes)[mask].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["code_accuracy"]), (logits.argmax(-1) == codes)[mask].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["code_perplexity"]), np.exp(nll[mask].mean()), rtol=1e-5)
 
 
 def test_greedy_parallel_sampling_fixes_the_most_confident_masked_code_each_round(prior_params):
@@ -118,7 +121,7 @@ def test_a_tiny_masked_prior_learns_to_draw_the_codes_its_text_names(text_named_
     def loss(params, key):
         mask = random_mask(key, *codes.shape)
         logits = prior.apply({"params": params}, text, jnp.where(mask, prior.mask_id, codes))
-        return masked_code_loss(logits, jnp.asarray(codes), mask)[0]
+        return masked_softmax_cross_entropy(logits, jnp.asarray(codes), mask)[0]
 
     params, _ = fit_adam(loss, prior.init(jax.random.key(0), text, codes)["params"], 400)
     drawn = sample_parallel(prior, params, jnp.asarray(text), jax.random.key(1), num_steps=2, temperature=0.0)
