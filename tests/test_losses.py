@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mmjax.losses import (
+    gradient_difference_loss,
     caption_loss,
     clip_loss,
     itm_loss,
@@ -425,3 +426,32 @@ def test_itm_loss_weights_out_images_without_negative():
     want = numpy_weighted_ce(logits, labels, weights)[0]
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     assert np.all(np.asarray(itm_gradient(logits, labels, weights))[0] == 0.0)
+
+
+def test_gradient_difference_loss_equals_pixel_loops_in_float64():
+    rng = np.random.default_rng(0)
+    predictions, targets = rng.normal(size=(2, 2, 5, 4, 3)).astype(np.float32)
+    expected_height, expected_width = [], []
+    for b in range(2):
+        for c in range(3):
+            for i in range(5):
+                for j in range(4):
+                    p, t = predictions.astype(np.float64), targets.astype(np.float64)
+                    if i + 1 < 5:
+                        expected_height.append(((p[b, i + 1, j, c] - p[b, i, j, c]) - (t[b, i + 1, j, c] - t[b, i, j, c])) ** 2)
+                    if j + 1 < 4:
+                        expected_width.append(((p[b, i, j + 1, c] - p[b, i, j, c]) - (t[b, i, j + 1, c] - t[b, i, j, c])) ** 2)
+    expected = np.mean(expected_height) + np.mean(expected_width)
+    np.testing.assert_allclose(gradient_difference_loss(predictions, targets), expected, rtol=1e-5)
+
+
+def test_gradient_difference_loss_ignores_a_brightness_offset_and_charges_a_blurred_edge():
+    rng = np.random.default_rng(1)
+    targets = np.zeros((1, 8, 8, 1), np.float32)
+    targets[:, :, 4:] = 1.0  # a vertical edge
+    offset = targets + rng.uniform(0.1, 0.5)
+    assert float(gradient_difference_loss(offset, targets)) < 1e-10
+    blurred = targets.copy()
+    blurred[:, :, 3], blurred[:, :, 4] = 0.25, 0.75  # the same mean, the edge spread over 3 steps
+    assert float(gradient_difference_loss(blurred, targets)) > 0.05
+

@@ -1,6 +1,11 @@
 """Training the image tokenizer (stage 1 of DALL-E): a VQ-VAE that reconstructs `shapes` pictures.
 
-    loss = mean ||x − x̂||²  +  β · mean ||z − sg(e_k(z))||²       (x, x̂ in [-1, 1]; β = commitment)
+    loss = mean ||x − x̂||²  +  λ · GDL(x̂, x)  +  β · mean ||z − sg(e_k(z))||²
+           (x, x̂ in [-1, 1]; λ = gradient_weight; β = commitment_weight)
+
+GDL is the squared error of neighbouring pixels' differences (`mmjax.losses.gradient_difference_loss`):
+the MSE alone lets the decoder blur the edges of small shapes, which the scene parser then reads
+as the wrong shape.
 
 After each optimizer update the codebook follows the batch's encoder outputs by moving averages
 and codes chosen less than `dead_code_threshold` times per step (running average) restart on
@@ -33,6 +38,7 @@ from mmjax.evaluation.batching import batched_apply
 from mmjax.evaluation.report import format_table, plot_text_to_image_grid, results_filename, write_results
 from mmjax.evaluation.clip_eval import as_str
 from mmjax.evaluation.scene_parser import scene_match
+from mmjax.losses import gradient_difference_loss
 from mmjax.models.fusion import check_fields
 from mmjax.models.vq import VQVAE, build_vqvae, code_grid_side, psnr, to_uint8
 from mmjax.nn.vector_quantization import EmaCodebook, code_perplexity, ema_update, nearest_codes, restart_dead_codes
@@ -64,6 +70,7 @@ class VQTask:
 
     model: VQVAE
     commitment_weight: float = 0.25
+    gradient_weight: float = 0.0
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0
     # The codebook's averages: set by `update_moving_averages`, never by the optimizer.
@@ -74,7 +81,7 @@ class VQTask:
         model = build_vqvae(config.model.tokenizer)
         code_grid_side(model, config.data.image_size)  # fails early on a size f does not divide
         vq = dict(config.get("vq", {}))
-        check_fields("vq", vq, ("commitment_weight", "ema_decay", "dead_code_threshold"))
+        check_fields("vq", vq, ("commitment_weight", "gradient_weight", "ema_decay", "dead_code_threshold"))
         return cls(model, **vq)
 
     example_batch = staticmethod(ContrastiveTask.example_batch)
@@ -90,9 +97,12 @@ class VQTask:
     def loss(self, params: Any, batch: dict[str, Array], rng: Array, train: bool = True):
         images = normalize_images(batch["images"])
         out = self.model.apply({"params": params["tokenizer"]}, images)
-        mse = jnp.mean((out["reconstruction"].astype(jnp.float32) - images) ** 2)
-        loss = mse + self.commitment_weight * out["commitment_loss"]
-        return loss, {"mse": mse, "psnr": psnr(mse), "commitment_loss": out["commitment_loss"],
+        reconstruction = out["reconstruction"].astype(jnp.float32)
+        mse = jnp.mean((reconstruction - images) ** 2)
+        edges = gradient_difference_loss(reconstruction, images)
+        loss = mse + self.gradient_weight * edges + self.commitment_weight * out["commitment_loss"]
+        return loss, {"mse": mse, "psnr": psnr(mse), "gradient_difference": edges,
+                      "commitment_loss": out["commitment_loss"],
                       "code_perplexity": code_perplexity(out["codes"], self.model.num_codes)}
 
     def update_moving_averages(self, params: Any, batch: dict[str, Array], rng: Array):

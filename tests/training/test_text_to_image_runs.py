@@ -137,6 +137,25 @@ def test_dead_codes_restart_on_encoder_outputs_of_the_batch(data_dir):
     assert all(book["counts"][k] == 1.0 for k in on_outputs)
 
 
+def test_the_tokenizer_loss_adds_the_weighted_edge_and_commitment_terms(data_dir):
+    from mmjax.training.vq_task import VQTask
+
+    config = vq_config(data_dir)
+    config.vq.gradient_weight = 0.7
+    task = VQTask.from_config(config)
+    rng = np.random.default_rng(2)
+    batch = {"images": rng.integers(0, 256, (4, 48, 48, 3), dtype=np.uint8)}
+    params = task.init(jax.random.key(0), batch)
+    loss, metrics = task.loss(params, batch, jax.random.key(1))
+    out = task.model.apply({"params": params["tokenizer"]}, normalize_images(jnp.asarray(batch["images"])))
+    x = batch["images"].astype(np.float64) / 127.5 - 1.0
+    r = np.asarray(out["reconstruction"], np.float64)
+    mse = np.mean((r - x) ** 2)
+    edges = np.mean((np.diff(r, axis=1) - np.diff(x, axis=1)) ** 2) + np.mean((np.diff(r, axis=2) - np.diff(x, axis=2)) ** 2)
+    np.testing.assert_allclose(metrics["gradient_difference"], edges, rtol=1e-4)
+    np.testing.assert_allclose(loss, mse + 0.7 * edges + 0.25 * float(out["commitment_loss"]), rtol=1e-4)
+
+
 def test_vq_run_reports_reconstruction_codebook_use_and_parsed_scenes(vq_run):
     workdir, _, results = vq_run
     saved = json.load(open(os.path.join(workdir, "results.json")))
