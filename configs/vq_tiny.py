@@ -6,9 +6,9 @@ Stage 1 of `configs/dalle_tiny.py` (which loads this run's `tokenizer/` paramete
 encoder downsamples 8x (DALL-E's factor) to a 6x6 grid of 32-d vectors, each replaced by the
 nearest of 512 codes learned by moving averages with dead-code restarts; a mirrored decoder draws
 the picture back (`mmjax/models/vq.py`), trained on the squared error plus a loss on neighbouring
-pixels' differences that keeps small shapes' edges sharp. The evaluation reports reconstruction MSE and PSNR, the
-codebook's perplexity and whether the scene parser reads each reconstruction as the picture's
-own scene (README, "Text-to-image").
+pixels' differences that keeps small shapes' edges sharp. The evaluation reports reconstruction
+MSE and PSNR, the codebook's perplexity and whether the scene parser reads each reconstruction as
+the picture's own scene (README, "Text-to-image").
 """
 
 import ml_collections

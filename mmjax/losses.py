@@ -796,4 +796,3 @@ def gradient_difference_loss(predictions: Array, targets: Array) -> Array:
     along_width = jnp.diff(predictions, axis=2) - jnp.diff(targets, axis=2)
     return jnp.mean(along_height**2) + jnp.mean(along_width**2)
     # --8<-- [end:gradient_difference]
-

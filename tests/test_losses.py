@@ -7,9 +7,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mmjax.losses import (
-    gradient_difference_loss,
     caption_loss,
     clip_loss,
+    gradient_difference_loss,
     itm_loss,
     masked_softmax_cross_entropy,
     mlm_loss,
@@ -431,12 +431,12 @@ def test_itm_loss_weights_out_images_without_negative():
 def test_gradient_difference_loss_equals_pixel_loops_in_float64():
     rng = np.random.default_rng(0)
     predictions, targets = rng.normal(size=(2, 2, 5, 4, 3)).astype(np.float32)
+    p, t = predictions.astype(np.float64), targets.astype(np.float64)
     expected_height, expected_width = [], []
     for b in range(2):
         for c in range(3):
             for i in range(5):
                 for j in range(4):
-                    p, t = predictions.astype(np.float64), targets.astype(np.float64)
                     if i + 1 < 5:
                         expected_height.append(((p[b, i + 1, j, c] - p[b, i, j, c]) - (t[b, i + 1, j, c] - t[b, i, j, c])) ** 2)
                     if j + 1 < 4:
@@ -453,5 +453,6 @@ def test_gradient_difference_loss_ignores_a_brightness_offset_and_charges_a_blur
     assert float(gradient_difference_loss(offset, targets)) < 1e-10
     blurred = targets.copy()
     blurred[:, :, 3], blurred[:, :, 4] = 0.25, 0.75  # the same mean, the edge spread over 3 steps
-    assert float(gradient_difference_loss(blurred, targets)) > 0.05
-
+    # Each row's width differences are off by 0.25, −0.5, 0.25: 0.375 a row, over 8 x 7 differences
+    # along width (none along height).
+    assert float(gradient_difference_loss(blurred, targets)) == pytest.approx(8 * 0.375 / 56, rel=1e-6)

@@ -76,6 +76,7 @@ def code_loss(logits: Array, codes: Array, targets: Array) -> tuple[Array, dict[
     loss, metrics = masked_softmax_cross_entropy(logits, codes, targets)
     return loss, {"code_accuracy": metrics["accuracy"], "code_perplexity": jnp.exp(loss)}
 
+
 @dataclasses.dataclass(frozen=True)
 class TextToImageTask:
     """DALL-E's prior over a frozen VQ tokenizer (see the module docstring)."""
