@@ -67,7 +67,9 @@ def random_batch(config, batch_size: int | None = None, seed: int = 0) -> dict[s
 
     rng = np.random.default_rng(seed)
     batch_size = batch_size or config.batch_size
-    size, text_len, vocab = config.data.image_size, config.data.text_len, config.model.text.vocab_size
+    # The tokenizer and text-to-image configs have no text tower: the data's vocabulary is the same.
+    vocab = config.model.text.vocab_size if "text" in config.model else config.data.vocab_size
+    size, text_len = config.data.image_size, config.data.text_len
     images = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
     tokens = rng.integers(3, vocab, (batch_size, text_len), dtype=np.int32)
     lengths = rng.integers(text_len // 4, text_len, batch_size)

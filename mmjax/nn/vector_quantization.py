@@ -52,7 +52,11 @@ def nearest_codes(vectors: Array, codebook: Array) -> Array:
     z = vectors.astype(jnp.float32)
     e = codebook.astype(jnp.float32)
     distances = jnp.sum(e**2, axis=-1) - 2.0 * jnp.einsum("...d,kd->...k", z, e, precision=jax.lax.Precision.HIGHEST)
-    return jnp.argmin(distances, axis=-1).astype(jnp.int32)
+    # The first k at the minimum, as jnp.argmin gives it, but as two plain reductions: XLA:CPU runs
+    # argmin's (value, index) reduction unvectorised, 3x slower, and the tokenizer's train step
+    # takes it twice (bench/profile_step.py --config configs/vq_tiny.py).
+    best = jnp.min(distances, axis=-1, keepdims=True)
+    return jnp.argmax(distances == best, axis=-1).astype(jnp.int32)
 
 
 class Quantized(NamedTuple):

@@ -26,6 +26,17 @@ def test_each_vector_gets_its_nearest_code():
     np.testing.assert_array_equal(nearest_codes(VECTORS, CODEBOOK), distances.argmin(-1))
 
 
+def test_a_tie_between_codes_goes_to_the_first_as_argmin_breaks_it():
+    # Codes 3 and 9 (and 11) are the same vector: every vector whose nearest is that one gets 3.
+    codebook = CODEBOOK.copy()
+    codebook[9] = codebook[11] = codebook[3]
+    vectors = np.concatenate([VECTORS.reshape(-1, 8), codebook[3:4] + 1e-3]).astype(np.float32)
+    codes = np.asarray(nearest_codes(vectors, codebook))
+    distances = ((vectors.astype(np.float64)[:, None, :] - codebook.astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_array_equal(codes, distances.argmin(-1))
+    assert codes[-1] == 3 and not np.isin(codes, (9, 11)).any()
+
+
 def test_straight_through_is_the_code_forward_and_the_identity_backward():
     out = quantize(VECTORS, CODEBOOK)
     np.testing.assert_allclose(out.straight_through, CODEBOOK[np.asarray(out.codes)], rtol=1e-6, atol=1e-6)
