@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models.fusion import check_fields
 from mmjax.nn.vector_quantization import Quantized, nearest_codes, quantize
 
 Array = jax.Array
@@ -195,7 +196,9 @@ def code_grid_side(tokenizer: VQVAE, image_size: int) -> int:
 
 
 def build_vqvae(config: Any) -> VQVAE:
-    """VQVAE from a config dict (config.model.tokenizer): channels, code_dim, num_codes, num_res_blocks."""
+    """VQVAE from a config dict (config.model.tokenizer): channels, code_dim, num_codes and
+    optionally num_res_blocks; an unknown field is a ValueError naming it."""
+    check_fields("model.tokenizer", config.keys(), ("channels", "code_dim", "num_codes", "num_res_blocks"))
     return VQVAE(
         channels=tuple(config.channels), code_dim=config.code_dim, num_codes=config.num_codes,
         num_res_blocks=config.get("num_res_blocks", 1),

@@ -204,6 +204,10 @@ def test_config_mistakes_name_the_field(data_dir):
     with pytest.raises(ValueError, match=r"config.vq has unknown field\(s\) \['commitment'\]"):
         setup_training(config, shd.make_mesh(config.mesh))
     config = vq_config(data_dir)
+    config.model.tokenizer.num_res_block = 2
+    with pytest.raises(ValueError, match=r"config.model.tokenizer has unknown field\(s\) \['num_res_block'\]"):
+        setup_training(config, shd.make_mesh(config.mesh))
+    config = vq_config(data_dir)
     config.model.tokenizer.channels = (8, 16, 16, 16, 16)  # f = 32 does not divide 48
     with pytest.raises(ValueError, match="image_size=48 must be a multiple of the tokenizer's downsampling "
                                          r"2\^len\(config.model.tokenizer.channels\) = 32"):
