@@ -119,3 +119,21 @@ def test_tables_name_their_cpu_and_never_mix_two_silently():
     # Without AMX the bfloat16 rows say why they are missing.
     assert report.section_bf16({"bf16": {"skipped": "this CPU has no AMX-BF16 (AMD EPYC)"}}).startswith(
         "Not measured: this CPU has no AMX-BF16 (AMD EPYC)")
+
+
+def test_configs_without_a_text_tower_get_a_random_batch_of_their_data():
+    """vq_tiny (and dalle_tiny) have no `model.text`: the batch's ids come from the data's
+    vocabulary, and the tokenizer's loss and gradients run on it (bench/profile_step.py's input)."""
+    config = load_config("configs/vq_tiny.py", batch_size=4)
+    assert "text" not in config.model
+    batch = random_batch(config, seed=5)
+    assert batch["images"].shape == (4, 48, 48, 3) and batch["images"].dtype == np.uint8
+    ids = batch["token_ids"]
+    assert ids.shape == (4, config.data.text_len) and 0 <= ids.min() and ids.max() < config.data.vocab_size
+    config.model.tokenizer.update(channels=(8, 16, 16), code_dim=8, num_codes=32)  # f = 8, small
+    task = build_task(config)
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    params = task.init(jax.random.key(0), batch)
+    loss, grads = jax.value_and_grad(lambda p: task.loss(p, batch, jax.random.key(1))[0])(params)
+    assert np.isfinite(float(loss)) and float(loss) > 0
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
