@@ -132,10 +132,17 @@ def time_steps(step: Callable[[], float], steps: int, warmup: int, what: str) ->
     return times
 
 
+def has_analytic_flops(config) -> bool:
+    """Whether `train_flops` has a formula for the config's model: a dual encoder (image and
+    text towers, an embedding width); other models (a VQ-VAE's convolutions) report XLA's count."""
+    return all(key in config.model for key in ("image", "text", "embed_dim"))
+
+
 def speed_row(framework: str, config_path: str, config, overrides: dict, times: list[float]) -> dict:
-    """The fields every step benchmark reports: median step time, examples/s, FLOP rate."""
+    """The fields every step benchmark reports: median step time, examples/s, FLOP rate (NaN
+    where the model has no analytic count; bench/step.py then rates XLA's)."""
     step_s = float(np.median(times))
-    flops = train_flops(config)
+    flops = train_flops(config) if has_analytic_flops(config) else float("nan")
     return {
         "framework": framework,
         "config": os.path.basename(config_path),

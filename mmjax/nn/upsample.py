@@ -49,6 +49,7 @@ def phase_kernels(kernel: Array) -> Array:
     return jnp.einsum("ary,bsx,yxio->abrsio", rows, rows, kernel)
 
 
+# --8<-- [start:upsample_conv]
 def upsample_conv(x: Array, kernel: Array, bias: Array | None = None) -> Array:
     """conv3x3(repeat(x, 2, rows and columns), kernel, 'SAME') + bias, as four 2x2 convolutions.
 
@@ -66,3 +67,4 @@ def upsample_conv(x: Array, kernel: Array, bias: Array | None = None) -> Array:
     y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
     y = y.reshape(batch, 2 * h, 2 * w, kernel.shape[-1])
     return y if bias is None else y + bias.astype(y.dtype)
+# --8<-- [end:upsample_conv]
