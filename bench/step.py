@@ -79,8 +79,15 @@ def measure(config_path: str, steps: int = 10, warmup: int = 2, **overrides) -> 
                               + memory.temp_size_in_bytes - memory.alias_size_in_bytes),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
-    if row["flops_analytic"] != row["flops_analytic"]:  # no formula for this model: XLA's count
-        row["flops_per_s"] = row["flops_xla"] / row["step_s"]
+    return rate_xla_flops_without_a_formula(row)
+
+
+def rate_xla_flops_without_a_formula(row: dict) -> dict:
+    """For a model with no analytic FLOP count (NaN; a VQ-VAE's convolutions), the row's FLOP
+    rate from XLA's count instead: the compiled SPMD program is one device's, so its count times
+    the devices is the step's."""
+    if row["flops_analytic"] != row["flops_analytic"]:
+        row["flops_per_s"] = row["flops_xla"] * row["devices"] / row["step_s"]
     return row
 
 
@@ -120,7 +127,7 @@ def describe(row: dict, args: argparse.Namespace) -> str:
             f"{row['parameters'] / 1e6:.1f} M params, compile {row['compile_s']:.1f} s, "
             f"step {row['step_s'] * 1e3:.0f} ms (median of {args.steps}), "
             f"{row['examples_per_s']:.1f} ex/s, {row['flops_per_s'] / 1e9:.1f} GFLOP/s "
-            f"(analytic {row['flops_analytic'] / 1e9:.1f} GFLOP/step, XLA {row['flops_xla'] / 1e9:.1f})"
+            f"(analytic {row['flops_analytic'] / 1e9:.1f} GFLOP/step, XLA {row['flops_xla'] / 1e9:.1f} per device)"
             .replace("analytic nan GFLOP/step", "no analytic count"))
 
 

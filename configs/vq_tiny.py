@@ -49,10 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
     # 4e-3 and 0.87 at 8e-3 with 512 codes and λ = 0 (0.30 of the test pictures after 1500 steps
     # at 1e-3). With λ = 1 it grows slowly with the pictures seen and moves as much from run to
     # run: on test, 0.976 / 0.982 / 0.980 after 5000 x 64 (three runs), 0.987 / 0.976 after 6000,
-    # 0.980 / 0.986 after 6500, 0.990 after 7000. The prior over them drew worse, on average,
-    # the longer the tokenizer trained (scene_match 0.81 / 0.68 / 0.77 over 5000 steps, 0.84 /
-    # 0.54 over 6000, 0.62 / 0.59 over 6500): the config keeps 5000 (docs/text_to_image.md),
-    # 7 min 19 s since the decoder's upsampling skips the doubled input.
+    # 0.980 / 0.986 after 6500, 0.990 after 7000. The prior drew worse on average over 6000 and
+    # 6500 steps (scene_match 0.84 / 0.54 and 0.62 / 0.59) than over 5000 (0.81 / 0.68 / 0.77;
+    # 0.77 over the one 7000-step run): the config keeps 5000 (docs/text_to_image.md), 7 min
+    # 19 s since the decoder's upsampling skips the doubled input.
     config.num_steps = 5000
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=4e-3, end_learning_rate=1e-5, warmup_steps=100, weight_decay=0.0,

@@ -118,7 +118,7 @@ class ConvDecoder(nn.Module):
             # expressive as a stride-2 transposed convolution, without its checkerboard
             # artefacts, and 20x faster to train on a CPU, where XLA runs a transposed
             # convolution's gradient as a dilated convolution on a slow path. UpsampleConv
-            # computes it without the doubled input (13% off the train step).
+            # computes it without the doubled input (121 / 114 -> 101 / 95 ms a step).
             x = nn.relu(UpsampleConv(channels, name=f"up_{i}")(nn.relu(x)))
         return nn.Conv(3, (3, 3), name="to_pixels")(x)
 

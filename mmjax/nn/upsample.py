@@ -21,10 +21,14 @@ rounding, and its gradient with respect to W flows through the sums, so a model 
 parameters, its initialisation and its checkpoints. What changes is the work: 4 · 4 = 16 taps
 per input pixel instead of 4 · 9 = 36, and the doubled input u [batch, 2h, 2w, c_in] (with the
 transposed copy its kernel gradient needs) is never written; the four outputs are interleaved by
-one reshape at the end. On the 2-core CPU the VQ-VAE's train step (configs/vq_tiny.py) went from
-119-127 ms to 102-108 ms (medians of 5 x 20 steps, alternating runs). Folding the phases into one
-3 x 3 convolution with 4 · c_out outputs, or running the 48 px pixel layer on the phases as well
-(space-to-depth), was slower: both multiply by the zeros of the kernels they pad.
+one reshape at the end. The VQ-VAE's train step (configs/vq_tiny.py, batch 64, two CPU devices)
+went from 121 / 114 ms to 101 / 95 ms (bench/step.py, alternating runs; BENCHMARKS.md). Folding
+the phases into one 3 x 3 convolution with 4 · c_out outputs, or running the encoder's first two
+layers and the pixel layer on the picture's 2 x 2 phases as well (space-to-depth), was slower:
+those kernels multiply by the zeros they pad.
+
+Dtypes follow nn.Conv's default: x, the kernel and the bias are promoted to their common type
+before the taps are summed, so a bfloat16 x with float32 parameters computes in float32.
 """
 
 from __future__ import annotations
@@ -59,7 +63,9 @@ def upsample_conv(x: Array, kernel: Array, bias: Array | None = None) -> Array:
     batch, h, w, channels = x.shape
     if kernel.shape[2] != channels:
         raise ValueError(f"kernel {kernel.shape} does not take x's {channels} channels")
-    kernels = phase_kernels(kernel.astype(x.dtype))
+    dtype = jnp.result_type(x, kernel) if bias is None else jnp.result_type(x, kernel, bias)
+    x = x.astype(dtype)
+    kernels = phase_kernels(kernel.astype(dtype))
     phases = [[jax.lax.conv_general_dilated(
         x, kernels[a, b], window_strides=(1, 1), padding=(_PHASE_PADDING[a], _PHASE_PADDING[b]),
         dimension_numbers=("NHWC", "HWIO", "NHWC")) for b in (0, 1)] for a in (0, 1)]

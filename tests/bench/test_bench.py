@@ -141,14 +141,19 @@ def test_configs_without_a_text_tower_get_a_random_batch_of_their_data():
 
 def test_step_rows_of_models_without_a_flop_formula_rate_xlas_count():
     """speed_row has a formula for dual encoders only: a VQ-VAE's row says so (NaN) instead of
-    failing on the missing `model.embed_dim`, and bench/step.py rates XLA's count instead."""
-    from bench.step import describe
+    failing on the missing `model.embed_dim`, and bench/step.py rates XLA's per-device count
+    times the devices instead; a dual encoder's analytic rate is left alone."""
+    from bench.step import describe, rate_xla_flops_without_a_formula
     from bench.workload import has_analytic_flops, speed_row
 
     vq = load_config("configs/vq_tiny.py")
     assert not has_analytic_flops(vq) and has_analytic_flops(load_config("configs/clip_tiny.py"))
     row = speed_row("mmjax", "configs/vq_tiny.py", vq, {}, [0.1, 0.3, 0.2])
     assert np.isnan(row["flops_analytic"]) and row["step_s"] == pytest.approx(0.2)
-    row.update(devices=2, parameters=3e5, compile_s=1.0, flops_xla=4e9, flops_per_s=4e9 / 0.2)
+    row.update(devices=2, parameters=3e5, compile_s=1.0, flops_xla=4e9)
+    row = rate_xla_flops_without_a_formula(row)
+    assert row["flops_per_s"] == pytest.approx(2 * 4e9 / 0.2)
     text = describe(row, type("Args", (), {"steps": 3})())
-    assert "no analytic count, XLA 4.0" in text and "20.0 GFLOP/s" in text
+    assert "no analytic count, XLA 4.0 per device" in text and "40.0 GFLOP/s" in text
+    clip = {"flops_analytic": 1e9, "flops_per_s": 5e9, "flops_xla": 7e8, "devices": 2, "step_s": 0.2}
+    assert rate_xla_flops_without_a_formula(dict(clip))["flops_per_s"] == 5e9

@@ -100,3 +100,42 @@ def test_upsample_conv_module_is_the_nn_conv_it_replaces():
     params = {"up": {"kernel": before["up"]["kernel"], "bias": jnp.asarray(RNG.normal(size=7), jnp.float32)}}
     np.testing.assert_allclose(After().apply({"params": params}, x), Before().apply({"params": params}, x),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_input_with_float32_parameters_computes_in_float32_as_nn_conv_does():
+    x = jnp.asarray(RNG.normal(size=(2, 4, 4, 6)), jnp.bfloat16)
+    kernel = jnp.asarray(RNG.normal(size=(3, 3, 6, 5)), jnp.float32)
+    y = upsample_conv(x, kernel)  # bias None: the kernel alone sets the type with x
+    assert y.dtype == jnp.float32
+    np.testing.assert_allclose(y, numpy_upsample_conv(np.asarray(x, np.float32), np.asarray(kernel), 0.0),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_the_vq_decoder_keeps_the_parameters_and_output_of_its_doubled_input_form():
+    """The whole decoder against the one it replaced (nn.Conv on jnp.repeat), on the same
+    parameters: checkpoints written before the change decode the same pictures."""
+    from mmjax.models.vq import ConvDecoder
+
+    class DecoderBefore(nn.Module):
+        channels: tuple
+
+        @nn.compact
+        def __call__(self, z):
+            x = nn.Conv(self.channels[-1], (3, 3), name="stem")(z)
+            from mmjax.models.vq import ResidualBlock
+            x = ResidualBlock(self.channels[-1], name="res_0")(x)
+            for i, channels in enumerate(reversed(self.channels)):
+                x = jnp.repeat(jnp.repeat(nn.relu(x), 2, axis=1), 2, axis=2)
+                x = nn.relu(nn.Conv(channels, (3, 3), name=f"up_{i}")(x))
+            return nn.Conv(3, (3, 3), name="to_pixels")(x)
+
+    z = jnp.asarray(RNG.normal(size=(2, 3, 3, 8)), jnp.float32)
+    before = DecoderBefore((4, 8, 8)).init(jax.random.key(0), z)
+    after = ConvDecoder((4, 8, 8)).init(jax.random.key(0), z)
+    assert jax.tree.map(jnp.shape, after) == jax.tree.map(jnp.shape, before)
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(a, b)  # same initialisation, leaf by leaf
+    params = jax.tree.map(lambda p: p + 0.1 * jnp.asarray(RNG.normal(size=p.shape), p.dtype), before)
+    out = ConvDecoder((4, 8, 8)).apply(params, z)
+    assert out.shape == (2, 24, 24, 3)
+    np.testing.assert_allclose(out, DecoderBefore((4, 8, 8)).apply(params, z), rtol=1e-4, atol=1e-4)
