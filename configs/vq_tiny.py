@@ -48,9 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
     # reconstructions parse back after 5000 steps at a peak rate of 1e-3, 0.86 at 2e-3, 0.95 at
     # 4e-3 and 0.87 at 8e-3 with 512 codes and λ = 0 (0.30 of the test pictures after 1500 steps
     # at 1e-3). With λ = 1 it grows slowly with the pictures seen and moves as much from run to
-    # run: on test, 0.976 / 0.982 / 0.980 after 5000 x 64 (three runs), 0.987 / 0.976 after 6000,
+    # run: on test, 0.976 / 0.982 / 0.980 / 0.967 after 5000 x 64, 0.987 / 0.976 after 6000,
     # 0.980 / 0.986 after 6500, 0.990 after 7000. The prior drew worse on average over 6000 and
-    # 6500 steps (scene_match 0.84 / 0.54 and 0.62 / 0.59) than over 5000 (0.81 / 0.68 / 0.77;
+    # 6500 steps (scene_match 0.84 / 0.54 and 0.62 / 0.59) than over 5000 (0.81 / 0.68 / 0.77 / 0.81;
     # 0.77 over the one 7000-step run): the config keeps 5000 (docs/text_to_image.md), 7 min
     # 19 s since the decoder's upsampling skips the doubled input.
     config.num_steps = 5000
