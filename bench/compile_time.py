@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.step import parse_overrides  # noqa: E402
-from bench.workload import has_analytic_flops, load_config, train_flops  # noqa: E402
+from bench.workload import load_config, train_flops  # noqa: E402
 
 
 def measure(config_path: str, scan: bool = True, **overrides) -> dict:
@@ -56,7 +56,7 @@ def measure(config_path: str, scan: bool = True, **overrides) -> dict:
         "lower_s": lower_s,
         "compile_s": compile_s,
         "flops_xla": float(cost.get("flops", float("nan"))),
-        "flops_analytic": train_flops(config) if has_analytic_flops(config) else float("nan"),
+        "flops_analytic": train_flops(config),
     }
 
 

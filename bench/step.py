@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import sys
@@ -86,7 +87,7 @@ def rate_xla_flops_without_a_formula(row: dict) -> dict:
     """For a model with no analytic FLOP count (NaN; a VQ-VAE's convolutions), the row's FLOP
     rate from XLA's count instead: the compiled SPMD program is one device's, so its count times
     the devices is the step's."""
-    if row["flops_analytic"] != row["flops_analytic"]:
+    if math.isnan(row["flops_analytic"]):
         row["flops_per_s"] = row["flops_xla"] * row["devices"] / row["step_s"]
     return row
 
@@ -123,12 +124,13 @@ def step_cli(measure_fn, description: str, describe, jax_step: bool = True) -> N
 
 
 def describe(row: dict, args: argparse.Namespace) -> str:
+    analytic = ("no analytic count" if math.isnan(row["flops_analytic"])
+                else f"analytic {row['flops_analytic'] / 1e9:.1f} GFLOP/step")
     return (f"{row['config']} batch {row['batch_size']} on {row['devices']} device(s): "
             f"{row['parameters'] / 1e6:.1f} M params, compile {row['compile_s']:.1f} s, "
             f"step {row['step_s'] * 1e3:.0f} ms (median of {args.steps}), "
             f"{row['examples_per_s']:.1f} ex/s, {row['flops_per_s'] / 1e9:.1f} GFLOP/s "
-            f"(analytic {row['flops_analytic'] / 1e9:.1f} GFLOP/step, XLA {row['flops_xla'] / 1e9:.1f} per device)"
-            .replace("analytic nan GFLOP/step", "no analytic count"))
+            f"({analytic}, XLA {row['flops_xla'] / 1e9:.1f} per device)")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,10 @@ def forward_flops_per_example(config) -> float:
 
 def train_flops(config, batch_size: int | None = None) -> float:
     """Analytic FLOPs of one training step: 3 x forward (2 x for the patch embedding), plus the
-    B x B similarity matrix of the loss (3 x 2·B·B·d)."""
+    B x B similarity matrix of the loss (3 x 2·B·B·d). NaN for a model without a formula (not a
+    dual encoder: a VQ-VAE's convolutions), whose benchmarks use XLA's count."""
+    if not has_analytic_flops(config):
+        return float("nan")
     batch_size = batch_size or config.batch_size
     loss = 2 * batch_size * batch_size * config.model.embed_dim
     forward = batch_size * forward_flops_per_example(config) + loss
@@ -142,7 +145,7 @@ def speed_row(framework: str, config_path: str, config, overrides: dict, times: 
     """The fields every step benchmark reports: median step time, examples/s, FLOP rate (NaN
     where the model has no analytic count; bench/step.py then rates XLA's)."""
     step_s = float(np.median(times))
-    flops = train_flops(config) if has_analytic_flops(config) else float("nan")
+    flops = train_flops(config)
     return {
         "framework": framework,
         "config": os.path.basename(config_path),

@@ -148,6 +148,7 @@ def test_step_rows_of_models_without_a_flop_formula_rate_xlas_count():
 
     vq = load_config("configs/vq_tiny.py")
     assert not has_analytic_flops(vq) and has_analytic_flops(load_config("configs/clip_tiny.py"))
+    assert np.isnan(train_flops(vq)) and train_flops(load_config("configs/clip_tiny.py")) > 0
     row = speed_row("mmjax", "configs/vq_tiny.py", vq, {}, [0.1, 0.3, 0.2])
     assert np.isnan(row["flops_analytic"]) and row["step_s"] == pytest.approx(0.2)
     row.update(devices=2, parameters=3e5, compile_s=1.0, flops_xla=4e9)
