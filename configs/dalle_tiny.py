@@ -31,8 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     # The tokenizer's architecture must be the one vq_tiny trained (its weights are loaded).
     config.model.tokenizer = vq_tiny.get_config().model.tokenizer
     config.model.prior = ml_collections.ConfigDict(dict(
-        vocab_size=config.data.vocab_size, width=256, depth=4, num_heads=8, mlp_dim=1024,
-        activation=jax.nn.relu, dropout_rate=0.0, unroll=True,
+        vocab_size=config.data.vocab_size, width=256, depth=3, num_heads=8, mlp_dim=1024,
+        activation=jax.nn.relu, dropout_rate=0.0, unroll=True, text_depth=1,
         # jnp.bfloat16 computes in bfloat16 (parameters and logits stay float32): for accelerators;
         # on a CPU it was no faster here (docs/text_to_image.md).
         dtype=jnp.float32,

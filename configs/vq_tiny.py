@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
         # A code chosen fewer times than this per step (running average) restarts on an encoder
         # output (Jukebox's rule).
         dead_code_threshold=1.0,
+        restart_by_error=True,
     ))
     config.batch_size = 64
     # Sharpness comes late and needs a high learning rate: of the validation pictures, 0.62 of the

@@ -63,7 +63,7 @@ class MaskedTextToImagePrior(CodePrior):
     def __call__(self, text_ids: Array, codes: Array, deterministic: bool = True) -> Array:
         self._check_text(text_ids)
         self._check_codes(codes)
-        h = self.stack(self.embed_sequence(text_ids, codes), None, deterministic)
+        h = self.stack(self.embed_sequence(text_ids, codes, deterministic), None, deterministic)
         return self.head(h[:, self.text_len:]).astype(jnp.float32)  # [b, N, K]
 
 

@@ -92,6 +92,7 @@ class CodePrior(nn.Module):
     dropout_rate: float = 0.0
     unroll: int | bool = 1
     dtype: jnp.dtype = jnp.float32
+    text_depth: int = 0
     # Code ids past the K codes that the input may hold (MaskGIT's [MASK] is one).
     extra_code_ids: ClassVar[int] = 0
 
@@ -108,11 +109,22 @@ class CodePrior(nn.Module):
                              activation=self.activation, dropout_rate=self.dropout_rate,
                              unroll=self.unroll, dtype=self.dtype, name="stack")
         self.head = code_head(self.num_codes, self.dtype)
+        if self.text_depth:
+            self.text_encoder = Encoder(depth=self.text_depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                                        activation=self.activation, dropout_rate=self.dropout_rate,
+                                        unroll=True, dtype=self.dtype, name="text_encoder")
 
-    def embed_sequence(self, text_ids: Array, codes: Array) -> Array:
+    def embed_text(self, text_ids: Array, deterministic: bool = True) -> Array:
+        """text ids [b, T] -> [b, T, width]: embeddings and positions 0 .. T − 1, then (text_depth
+        > 0) bidirectional blocks, so each word sees the whole caption before a code reads it."""
+        x = self.text_embed(text_ids) + self.pos_embed[: text_ids.shape[1]].astype(self.dtype)
+        return self.text_encoder(x, None, deterministic) if self.text_depth else x
+
+    def embed_sequence(self, text_ids: Array, codes: Array, deterministic: bool = True) -> Array:
         """[text ids; code ids] -> [b, T + n, width] with the positions 0 .. T + n − 1 added."""
-        x = jnp.concatenate([self.text_embed(text_ids), self.code_embed(codes)], axis=1)
-        return x + self.pos_embed[: x.shape[1]].astype(self.dtype)
+        text = self.embed_text(text_ids, deterministic)
+        positions = self.pos_embed[text.shape[1]: text.shape[1] + codes.shape[1]].astype(self.dtype)
+        return jnp.concatenate([text, self.code_embed(codes) + positions], axis=1)
 
     def _check_text(self, text_ids: Array) -> None:
         if text_ids.ndim != 2 or text_ids.shape[1] != self.text_len:
@@ -138,14 +150,14 @@ class TextToImagePrior(CodePrior):
     def __call__(self, text_ids: Array, codes: Array, deterministic: bool = True) -> Array:
         self._check_text(text_ids)
         self._check_codes(codes)
-        x = self.embed_sequence(text_ids, codes[:, :-1])  # T + N − 1 tokens
+        x = self.embed_sequence(text_ids, codes[:, :-1], deterministic)  # T + N − 1 tokens
         h = self.stack(x, make_causal_mask(x.shape[1]), deterministic)
         return self.head(h[:, self.text_len - 1:]).astype(jnp.float32)  # [b, N, K]
 
     def prefill(self, text_ids: Array) -> Array:
         """Reads the caption into the cache; the logits of the first code [b, K]. At init (with
         a [b, T + N] input, `init_cache`) this creates the cache instead."""
-        x = self.text_embed(text_ids) + self.pos_embed[: text_ids.shape[1]].astype(self.dtype)
+        x = self.embed_text(text_ids)
         return self.head(self.stack(x, None, True, True)[:, -1]).astype(jnp.float32)
 
     def decode_code(self, codes: Array, position: Array) -> Array:
@@ -238,4 +250,5 @@ def build_prior(config: Any, text_len: int, num_codes: int, image_len: int,
         width=config.width, depth=config.depth, num_heads=config.num_heads, mlp_dim=config.mlp_dim,
         activation=config.get("activation", gelu), dropout_rate=config.get("dropout_rate", 0.0),
         unroll=config.get("unroll", 1), dtype=config.get("dtype", jnp.float32),
+        text_depth=config.get("text_depth", 0),
     )

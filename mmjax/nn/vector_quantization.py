@@ -27,7 +27,7 @@ moves as fast as its vectors do. Why this and not DALL-E's dVAE (Gumbel-softmax 
 all K codes): the EMA codebook trains stably at a small scale with one loss term, its codes are
 deterministic (the prior learns exactly what the decoder reads), and it is what MaskGIT and
 VQGAN build on. A code that no vector chooses stops moving and is wasted ("dead"); `restart_dead_codes`
-moves each such code onto a random encoder output of the batch, so the whole codebook stays in use.
+moves each such code onto an encoder output of the batch, so the whole codebook stays in use.
 How much of it is used is measured by the perplexity of the code histogram, exp(H(p)), between 1
 (one code) and K (all used equally).
 
@@ -129,16 +129,35 @@ def ema_update(state: EmaCodebook, vectors: Array, codes: Array, decay: float = 
     return EmaCodebook(counts, sums, sums / smoothed[:, None])
 
 
-def restart_dead_codes(state: EmaCodebook, vectors: Array, rng: Array, threshold: float = 1e-3) -> EmaCodebook:
-    """Codes whose running count N_k fell below `threshold` move onto random vectors of the batch.
+def restart_dead_codes(state: EmaCodebook, vectors: Array, rng: Array, threshold: float = 1e-3,
+                       by_error: bool = False) -> EmaCodebook:
+    """Codes whose running count N_k fell below `threshold` move onto vectors of the batch.
 
-    A restarted code gets e_k = m_k = z (a vector drawn uniformly from `vectors` [..., D]) and
-    N_k = 1, as if it had just been chosen once; live codes are unchanged.
+    A restarted code gets e_k = m_k = z and N_k = 1, as if it had just been chosen once; live codes
+    are unchanged. z is drawn from `vectors` [..., D] uniformly (Jukebox's rule), or with
+    `by_error` in proportion to its squared distance to the nearest live code,
+
+        P(z_i) = d_i² / Σ_j d_j²,   d_i = min_{k live} ||z_i − e_k||     (k-means++'s seeding rule)
+
+    so codes go where the codebook quantizes worst rather than where vectors are most common
+    (uniform when every vector sits on a live code or no code is live).
     """
     dim = state.sums.shape[1]
     z = vectors.reshape(-1, dim).astype(jnp.float32)
-    picks = jax.random.randint(rng, (state.counts.shape[0],), 0, z.shape[0])
+    num_codes = state.counts.shape[0]
     dead = state.counts < threshold
+    if by_error:
+        # --8<-- [start:restart]
+        e = state.codebook.astype(jnp.float32)
+        squared = jnp.sum(z**2, -1, keepdims=True) + jnp.sum(e**2, -1) - 2.0 * jnp.einsum(
+            "nd,kd->nk", z, e, precision=jax.lax.Precision.HIGHEST)
+        error = jnp.maximum(jnp.min(jnp.where(dead, jnp.inf, squared), axis=-1), 0.0)  # [N]
+        usable = jnp.all(jnp.isfinite(error)) & (jnp.sum(error) > 0)
+        logits = jnp.where(usable, jnp.log(jnp.where(usable, error, 1.0)), 0.0)
+        picks = jax.random.categorical(rng, logits, shape=(num_codes,))
+        # --8<-- [end:restart]
+    else:
+        picks = jax.random.randint(rng, (num_codes,), 0, z.shape[0])
     fresh = z[picks]
     codebook = jnp.where(dead[:, None], fresh, state.codebook)
     return EmaCodebook(jnp.where(dead, 1.0, state.counts), jnp.where(dead[:, None], fresh, state.sums), codebook)

@@ -9,8 +9,10 @@ as the wrong shape.
 
 After each optimizer update the codebook follows the batch's encoder outputs by moving averages
 and codes chosen less than `dead_code_threshold` times per step (running average) restart on
-random encoder outputs (`update_moving_averages`; the formulas are in
-`mmjax.nn.vector_quantization`). The parameters live under `tokenizer/`, the subtree the prior
+encoder outputs of the batch: random ones (Jukebox), or with `restart_by_error` ones drawn in
+proportion to their squared distance to the nearest live code (k-means++'s rule), which sends
+codes to the rare object patches instead of the common background (`update_moving_averages`;
+the formulas are in `mmjax.nn.vector_quantization`). The parameters live under `tokenizer/`, the subtree the prior
 (`text_to_image_task`) loads with `config.init_from`.
 
 Evaluation (`evaluate`): over a split, the reconstruction MSE (on [-1, 1] pixels) and PSNR, the
@@ -73,6 +75,7 @@ class VQTask:
     gradient_weight: float = 0.0
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0
+    restart_by_error: bool = False
     # The codebook's averages: set by `update_moving_averages`, never by the optimizer.
     untrained_params: tuple[str, ...] = ("^tokenizer/codebook/",)
 
@@ -81,7 +84,8 @@ class VQTask:
         model = build_vqvae(config.model.tokenizer)
         code_grid_side(model, config.data.image_size)  # fails early on a size f does not divide
         vq = dict(config.get("vq", {}))
-        check_fields("vq", vq, ("commitment_weight", "gradient_weight", "ema_decay", "dead_code_threshold"))
+        check_fields("vq", vq, ("commitment_weight", "gradient_weight", "ema_decay", "dead_code_threshold",
+                                "restart_by_error"))
         return cls(model, **vq)
 
     example_batch = staticmethod(ContrastiveTask.example_batch)
@@ -119,7 +123,7 @@ class VQTask:
         state = EmaCodebook(book["counts"], book["sums"], book["embedding"])
         state = ema_update(state, vectors, nearest_codes(vectors, state.codebook), self.ema_decay)
         restarted = jnp.sum(state.counts < self.dead_code_threshold)
-        state = restart_dead_codes(state, vectors, rng, self.dead_code_threshold)
+        state = restart_dead_codes(state, vectors, rng, self.dead_code_threshold, self.restart_by_error)
         book = {"counts": state.counts, "sums": state.sums, "embedding": state.codebook}
         return {**params, "tokenizer": {**tokenizer, "codebook": book}}, {"restarted_codes": restarted}
 

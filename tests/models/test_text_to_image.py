@@ -44,6 +44,25 @@ def test_cached_sampling_sees_the_logits_of_the_full_causal_pass(prior_params):
 
 
 
+TEXT_ENCODED = TextToImagePrior(text_vocab_size=17, text_len=6, num_codes=11, image_len=5, width=32, depth=2,
+                                num_heads=4, mlp_dim=64, text_depth=1)
+
+
+def test_with_a_text_encoder_words_see_the_whole_caption_and_cached_sampling_still_matches(random_prior_params):
+    params, text = random_prior_params(TEXT_ENCODED)
+    changed = text.at[:, -1].set((text[:, -1] + 1) % 17)
+    # Bidirectional text: the first word's vector moves when the last word changes; without the
+    # encoder (causal text) it cannot.
+    first = lambda prior, p, t: prior.apply({"params": p}, t, method=type(prior).embed_text)[:, 0]
+    assert float(jnp.abs(first(TEXT_ENCODED, params, text) - first(TEXT_ENCODED, params, changed)).max()) > 1e-3
+    plain, plain_text = random_prior_params(PRIOR)
+    np.testing.assert_array_equal(first(PRIOR, plain, plain_text), first(PRIOR, plain, plain_text.at[:, -1].set(0)))
+    # The codes stay causal, and the cache reads the encoded caption as the full pass does.
+    samples = jax.jit(lambda p, t, r: sample(TEXT_ENCODED, p, t, r))(params, text, jax.random.key(4))
+    full = TEXT_ENCODED.apply({"params": params}, text, samples.codes)
+    np.testing.assert_allclose(samples.logits, full, rtol=1e-4, atol=1e-4)
+
+
 def test_a_bfloat16_prior_computes_in_bfloat16_and_returns_float32_logits_close_to_float32(prior_params):
     params, text = prior_params
     codes = jnp.asarray(np.random.default_rng(6).integers(0, 11, (3, 5)), jnp.int32)

@@ -98,3 +98,36 @@ def test_dead_codes_restart_on_batch_vectors_and_live_codes_stay():
 @pytest.mark.parametrize("codes, expected", [(np.arange(16) % 8, 8.0), (np.zeros(10, np.int32), 1.0)])
 def test_perplexity_counts_the_codes_in_use(codes, expected):
     assert float(code_perplexity(jnp.asarray(codes), 16)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_restarts_by_error_draw_vectors_in_proportion_to_their_squared_distance_to_live_codes():
+    # Three live codes; 4000 dead ones, some sitting exactly on batch vectors (a dead code must not
+    # count as quantizing its vector well). Each dead code restarts on one of the 9 vectors.
+    rng = np.random.default_rng(1)
+    live = rng.normal(size=(3, 8)).astype(np.float32)
+    vectors = (live[rng.integers(3, size=9)] + rng.normal(size=(9, 8)) * rng.uniform(0.1, 2.0, (9, 1))).astype(np.float32)
+    vectors[0] = live[1]  # on a live code: never drawn
+    dead = rng.normal(size=(4000, 8)).astype(np.float32)
+    dead[:9] = vectors
+    state = init_ema_codebook(jnp.asarray(np.concatenate([live, dead])))
+    state = state._replace(counts=state.counts.at[3:].set(0.0))
+    restarted = restart_dead_codes(state, vectors, jax.random.key(0), threshold=0.5, by_error=True)
+    new = np.asarray(restarted.codebook)[3:]
+    picked = np.argmin(((new[:, None, :] - vectors[None]) ** 2).sum(-1), axis=1)
+    assert np.allclose(new, vectors[picked]) and np.all(np.asarray(restarted.counts) == 1.0)
+    d2 = ((vectors.astype(np.float64)[:, None, :] - live.astype(np.float64)[None]) ** 2).sum(-1).min(1)
+    expected = d2 / d2.sum()
+    frequency = np.bincount(picked, minlength=9) / len(picked)
+    assert frequency[0] == 0.0
+    # Within 4 binomial standard deviations of d_i² / Σ d_j² (and far from uniform's 1/9).
+    sigma = np.sqrt(expected * (1 - expected) / len(picked))
+    np.testing.assert_array_less(np.abs(frequency - expected), 4 * sigma + 1e-12)
+    np.testing.assert_array_equal(np.asarray(restarted.codebook)[:3], live)
+
+
+def test_restarts_by_error_fall_back_to_uniform_when_no_code_is_live():
+    state = init_ema_codebook(jnp.asarray(CODEBOOK))._replace(counts=jnp.zeros(16))
+    restarted = restart_dead_codes(state, VECTORS, jax.random.key(0), threshold=1e-3, by_error=True)
+    batch = VECTORS.reshape(-1, 8)
+    assert np.all(np.isfinite(restarted.codebook))
+    assert all(any(np.allclose(code, v) for v in batch) for code in np.asarray(restarted.codebook))

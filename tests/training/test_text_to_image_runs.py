@@ -118,8 +118,10 @@ def test_the_codebook_follows_the_moving_averages_of_the_updated_encoder_not_the
     assert float(metrics["restarted_codes"]) == 0
 
 
-def test_dead_codes_restart_on_encoder_outputs_of_the_batch(data_dir):
+@pytest.mark.parametrize("by_error", [False, True])
+def test_dead_codes_restart_on_encoder_outputs_of_the_batch(data_dir, by_error):
     config = vq_config(data_dir)
+    config.vq.restart_by_error = by_error
     task, _, init_fn, _, step = setup_training(config, shd.make_mesh(config.mesh))
     state = init_fn()
     rng = np.random.default_rng(1)
