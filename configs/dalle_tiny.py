@@ -7,8 +7,9 @@
     python -m mmjax.generate --checkpoint runs/dalle_tiny --config configs/dalle_tiny.py \\
         --prompt "a large red circle at the top left" --num 8
 
-A decoder-only transformer reads the caption's 32 tokens and writes the picture's 6x6 = 36 codes
-one at a time (`mmjax/models/text_to_image.py`); the frozen VQ-VAE decodes them. The caption is
+A transformer reads the caption's 32 tokens (one bidirectional block, then three causal ones over
+[caption; codes]) and writes the picture's 6x6 = 36 codes one at a time
+(`mmjax/models/text_to_image.py`); the frozen VQ-VAE decodes them. The caption is
 dropped (replaced by the null text) for 10% of the training examples, so sampling can use
 classifier-free guidance. The evaluation samples 8 pictures for each of 100 test captions and
 scores them with the scene parser and with a separately trained clip_tiny (`runs/clip_tiny`,
@@ -30,6 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     # The tokenizer's architecture must be the one vq_tiny trained (its weights are loaded).
     config.model.tokenizer = vq_tiny.get_config().model.tokenizer
+    # text_depth: bidirectional blocks that encode the caption before the `depth` causal blocks
+    # read it. One text block in place of a fourth causal one binds each object's words to its
+    # cell: over one tokenizer, test scene_match 0.97 against 0.41 for four causal blocks, whose
+    # samples drew well-formed objects in each other's cells; 0.97 / 0.95 / 0.985 over three
+    # vq_tiny seeds, and the step is faster (fewer tokens go through it; docs/text_to_image.md).
     config.model.prior = ml_collections.ConfigDict(dict(
         vocab_size=config.data.vocab_size, width=256, depth=3, num_heads=8, mlp_dim=1024,
         activation=jax.nn.relu, dropout_rate=0.0, unroll=True, text_depth=1,

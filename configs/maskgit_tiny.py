@@ -23,6 +23,9 @@ from mmjax.training.text_to_image_task import MaskedTextToImageTask
 def get_config() -> ml_collections.ConfigDict:
     config = dalle_tiny.get_config()
     config.task = MaskedTextToImageTask
+    # The stack it was measured with: four blocks, the caption read by the same bidirectional
+    # attention as the codes (a separate text encoder adds nothing to a model with no causal mask).
+    config.model.prior.update(depth=4, text_depth=0)
     # Rounds of parallel decoding (1..36) and the scale τ of the Gumbel noise on the confidences
     # that choose which codes to keep, annealed to 0 over the rounds (MaskGIT's choice_temperature).
     config.eval.num_decode_steps = 8

@@ -16,6 +16,15 @@ different words) and share one learned position table over the whole sequence; t
 scores the K codes only. Captions are padded with 0 to T tokens; the pad tokens are part of the
 sequence (always the same ones, so the model learns to read past them).
 
+A text encoder (`text_depth` > 0 bidirectional blocks over the caption alone, before the causal
+stack; a prefix language model, as in Parti's and Muse's encoder-decoder priors) lets every word
+see the whole caption: in "a large white circle on the bottom middle", "circle" is read together
+with where it is, instead of only the words left of it. The codes stay causal (they read the
+encoded caption and the codes before them) and the cache holds the encoded caption. On `shapes`
+it is what made the prior bind each object's words to its cell: configs/dalle_tiny.py with three
+causal blocks and one text block draws 0.97 of the test captions exactly where four causal
+blocks drew 0.41 over the same tokenizer, in less time (docs/text_to_image.md).
+
 Classifier-free guidance (Ho & Salimans 2022; for autoregressive image models, Make-A-Scene and
 Parti). Training replaces the caption by the null text (T pad tokens, which no real caption is)
 with probability p, so one network is both p(c | t) and p(c). Sampling mixes the two each step,
@@ -75,9 +84,12 @@ class CodePrior(nn.Module):
       unroll: blocks per iteration of the scanned stack (True: all; see `Encoder`).
       dtype: the compute dtype of the embeddings, the stack and the head (parameters stay
         float32; the logits are float32 whatever it is, so the loss and sampling are too).
+      text_depth: bidirectional blocks that encode the caption alone before the stack reads it
+        (0: none, the caption is read causally like the codes).
 
     Layers: `text_embed` and `code_embed` (K + `extra_code_ids` ids), one learned `pos_embed`
-    over the T + N slots, the `stack` of blocks and the `head` scoring the K codes.
+    over the T + N slots, the `text_encoder` (text_depth > 0), the `stack` of blocks and the
+    `head` scoring the K codes.
     """
 
     text_vocab_size: int
@@ -117,8 +129,10 @@ class CodePrior(nn.Module):
     def embed_text(self, text_ids: Array, deterministic: bool = True) -> Array:
         """text ids [b, T] -> [b, T, width]: embeddings and positions 0 .. T − 1, then (text_depth
         > 0) bidirectional blocks, so each word sees the whole caption before a code reads it."""
+        # --8<-- [start:embed_text]
         x = self.text_embed(text_ids) + self.pos_embed[: text_ids.shape[1]].astype(self.dtype)
-        return self.text_encoder(x, None, deterministic) if self.text_depth else x
+        return self.text_encoder(x, None, deterministic) if self.text_depth else x  # no mask: both ways
+        # --8<-- [end:embed_text]
 
     def embed_sequence(self, text_ids: Array, codes: Array, deterministic: bool = True) -> Array:
         """[text ids; code ids] -> [b, T + n, width] with the positions 0 .. T + n − 1 added."""
