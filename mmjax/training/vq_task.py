@@ -12,8 +12,8 @@ and codes chosen less than `dead_code_threshold` times per step (running average
 encoder outputs of the batch: random ones (Jukebox), or with `restart_by_error` ones drawn in
 proportion to their squared distance to the nearest live code (k-means++'s rule), which sends
 codes to the rare object patches instead of the common background (`update_moving_averages`;
-the formulas are in `mmjax.nn.vector_quantization`). The parameters live under `tokenizer/`, the subtree the prior
-(`text_to_image_task`) loads with `config.init_from`.
+the formulas are in `mmjax.nn.vector_quantization`). The parameters live under `tokenizer/`,
+the subtree the prior (`text_to_image_task`) loads with `config.init_from`.
 
 Evaluation (`evaluate`): over a split, the reconstruction MSE (on [-1, 1] pixels) and PSNR, the
 perplexity of the code histogram and the number of codes used, and the fraction of
