@@ -105,7 +105,8 @@ def test_restarts_by_error_draw_vectors_in_proportion_to_their_squared_distance_
     # count as quantizing its vector well). Each dead code restarts on one of the 9 vectors.
     rng = np.random.default_rng(1)
     live = rng.normal(size=(3, 8)).astype(np.float32)
-    vectors = (live[rng.integers(3, size=9)] + rng.normal(size=(9, 8)) * rng.uniform(0.1, 2.0, (9, 1))).astype(np.float32)
+    spread = rng.uniform(0.1, 2.0, (9, 1))  # distances to the live codes from small to large
+    vectors = (live[rng.integers(3, size=9)] + rng.normal(size=(9, 8)) * spread).astype(np.float32)
     vectors[0] = live[1]  # on a live code: never drawn
     dead = rng.normal(size=(4000, 8)).astype(np.float32)
     dead[:9] = vectors
