@@ -259,10 +259,13 @@ def build_prior(config: Any, text_len: int, num_codes: int, image_len: int,
                 module: Callable[..., nn.Module] | None = None) -> nn.Module:
     """The prior of config.model.prior (vocab_size, width, depth, num_heads, mlp_dim, ...):
     a `TextToImagePrior`, or the class `module` given (MaskGIT's takes the same fields)."""
+    text_depth = config.get("text_depth", 0)
+    if not isinstance(text_depth, int) or text_depth < 0:
+        raise ValueError(f"config.model.prior.text_depth must be an integer >= 0 (0: no text encoder); got {text_depth!r}")
     return (module or TextToImagePrior)(
         text_vocab_size=config.vocab_size, text_len=text_len, num_codes=num_codes, image_len=image_len,
         width=config.width, depth=config.depth, num_heads=config.num_heads, mlp_dim=config.mlp_dim,
         activation=config.get("activation", gelu), dropout_rate=config.get("dropout_rate", 0.0),
         unroll=config.get("unroll", 1), dtype=config.get("dtype", jnp.float32),
-        text_depth=config.get("text_depth", 0),
+        text_depth=text_depth,
     )

@@ -136,3 +136,17 @@ def test_a_tiny_prior_learns_to_draw_the_codes_its_text_names(text_named_codes, 
     drawn = sample(prior, params, jnp.asarray(text), jax.random.key(1), temperature=0.0).codes
     assert value < 0.05
     assert np.mean(np.all(np.asarray(drawn) == codes, axis=1)) > 0.95
+
+
+@pytest.mark.parametrize("text_depth", [-1, 1.5])
+def test_a_text_depth_that_is_not_a_count_of_blocks_is_refused_naming_the_field(text_depth):
+    import ml_collections
+
+    from mmjax.models.text_to_image import build_prior
+
+    config = ml_collections.ConfigDict(dict(vocab_size=17, width=32, depth=2, num_heads=4, mlp_dim=64,
+                                            text_depth=text_depth))
+    with pytest.raises(ValueError, match=r"config.model.prior.text_depth must be an integer >= 0.*got"):
+        build_prior(config, text_len=6, num_codes=11, image_len=5)
+    valid = ml_collections.ConfigDict({**config.to_dict(), "text_depth": 1})
+    assert build_prior(valid, text_len=6, num_codes=11, image_len=5).text_depth == 1
